@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("layerfs: not yet built");
+    std::process::exit(1);
+}
