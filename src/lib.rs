@@ -4,6 +4,30 @@
 //! - [`options`]: command line and mount options
 //! - [`error`]: the error type and the single errno mapping
 //! - [`sys`]: every raw syscall and all `unsafe`
+//! - [`layer`]: the layer stack and stable inode numbers
+//! - [`whiteout`]: on-disk formats (whiteouts, opaque, redirects, private xattrs)
+//! - [`inode`]: overlay inodes and the inode table
+//! - [`overlay`]: the filesystem object and lookup through the stack (namei)
+//! - [`readdir`]: merged directory listing
+//! - [`copy_up`]: copy-up staged in the workdir
+//! - [`dir`]: create/link/unlink/rmdir/rename
+//! - [`attr`]: setattr and xattrs
+//! - [`file`]: open files and directories, I/O
+//! - [`fuse`]: the thin `fuser::Filesystem` adapter
+//! - [`daemon`]: mounting, daemonizing, signals
+#![deny(unsafe_code)]
 
+pub mod attr;
+pub mod copy_up;
+pub mod daemon;
+pub mod dir;
 pub mod error;
+pub mod file;
+pub mod fuse;
+pub mod inode;
+pub mod layer;
 pub mod options;
+pub mod overlay;
+pub mod readdir;
+pub mod sys;
+pub mod whiteout;

@@ -1,4 +1,36 @@
+use layerfs::options::{self, Command};
+
 fn main() {
-    eprintln!("layerfs: not yet built");
-    std::process::exit(1);
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let cmd = match options::parse_args(args) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("layerfs: {msg}");
+            eprintln!("Try 'layerfs --help' for more information.");
+            std::process::exit(1);
+        }
+    };
+    let opts = match cmd {
+        Command::Version => {
+            print!("{}", options::version_text());
+            return;
+        }
+        Command::Help => {
+            print!("{}", options::help_text());
+            return;
+        }
+        Command::Mount(o) => o,
+    };
+    let level = if opts.debug { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+    if let Err(msg) = options::validate(&opts) {
+        eprintln!("layerfs: {msg}");
+        std::process::exit(1);
+    }
+    for w in &opts.warnings {
+        eprintln!("layerfs: warning: {w}");
+    }
+    std::process::exit(layerfs::daemon::run(&opts));
 }

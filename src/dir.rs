@@ -1,0 +1,552 @@
+//! Namespace operations (the kernel's dir.c): create, mkdir, mknod, symlink, link, unlink,
+//! rmdir, rename — with whiteouts, opaque directories and directory redirects.
+
+use crate::copy_up::Data;
+use crate::error::{err, Error, Result};
+use crate::inode::Node;
+use crate::overlay::{Attr, Found, Lookup, Overlay};
+use crate::sys;
+use crate::whiteout;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The caller of a creating request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub enum NewKind {
+    File { mode: u32 },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: Vec<u8> },
+}
+
+/// A whiteout that exists in an upper directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpperWhiteout {
+    None,
+    CharDev,
+    WhFile,
+}
+
+impl Overlay {
+    fn upper_whiteout(&self, pup: &OwnedFd, name: &[u8]) -> UpperWhiteout {
+        match sys::fstatat(pup.as_fd(), name) {
+            Ok(st) if whiteout::is_whiteout_stat(&st) => return UpperWhiteout::CharDev,
+            Ok(_) => return UpperWhiteout::None,
+            Err(_) => {}
+        }
+        if sys::fstatat(pup.as_fd(), &whiteout::whiteout_name(name)).is_ok() {
+            UpperWhiteout::WhFile
+        } else {
+            UpperWhiteout::None
+        }
+    }
+
+    /// Create a whiteout for `name` in the upper directory `pup` (nothing is there yet).
+    pub(crate) fn create_whiteout(&self, pup: BorrowedFd, name: &[u8]) -> Result<()> {
+        self.counters.whiteouts.fetch_add(1, Ordering::Relaxed);
+        if self.chardev_whiteouts.load(Ordering::Relaxed) {
+            match sys::mknodat(pup, name, libc::S_IFCHR, 0) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is(libc::EPERM) || e.is(libc::EOPNOTSUPP) || e.is(libc::EINVAL) => {
+                    log::warn!("char 0/0 whiteouts refused ({e}): using .wh.NAME files from now on");
+                    self.chardev_whiteouts.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let fd = sys::openat(
+            pup,
+            &whiteout::whiteout_name(name),
+            libc::O_WRONLY | libc::O_CREAT,
+            0,
+        )?;
+        drop(fd);
+        Ok(())
+    }
+
+    /// Mark an upper directory opaque in the namespace this daemon writes.
+    pub(crate) fn set_opaque(&self, dir: BorrowedFd, name: &[u8]) -> Result<()> {
+        sys::setxattr(dir, name, &self.ovl_xattr("opaque"), b"y", 0)?;
+        if self.xattr_ns == crate::overlay::XattrNs::User {
+            sys::setxattr(dir, name, b"user.fuseoverlayfs.opaque", b"y", 0)?;
+        }
+        Ok(())
+    }
+
+    fn chown_new(&self, dir: BorrowedFd, name: &[u8], pup: &OwnedFd, who: Caller, is_dir: bool) -> Result<()> {
+        let pst = sys::fstat(pup.as_fd())?;
+        let sgid = pst.mode & libc::S_ISGID != 0;
+        let gid = if sgid { pst.gid } else { who.gid };
+        if self.cfg.chown_new && (who.uid != sys::geteuid() || gid != sys::getegid()) {
+            sys::fchownat(dir, name, Some(who.uid), Some(gid))?;
+        }
+        if sgid && is_dir {
+            let st = sys::fstatat(dir, name)?;
+            if st.mode & libc::S_ISGID == 0 {
+                sys::fchmodat(dir, name, (st.mode & 0o7777) | libc::S_ISGID)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn make_object(&self, dir: BorrowedFd, name: &[u8], kind: &NewKind) -> Result<Option<OwnedFd>> {
+        match kind {
+            NewKind::File { mode } => Ok(Some(sys::openat(
+                dir,
+                name,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                mode & 0o7777,
+            )?)),
+            NewKind::Dir { mode } => sys::mkdirat(dir, name, mode & 0o7777).map(|_| None),
+            NewKind::Node { mode, rdev } => sys::mknodat(dir, name, *mode, *rdev).map(|_| None),
+            NewKind::Symlink { target } => sys::symlinkat(target, dir, name).map(|_| None),
+        }
+    }
+
+    /// Temporary handle on a resolved object for the duration of one operation.
+    fn temp_node(&self, parent: &Arc<Node>, name: &[u8], f: Found) -> Arc<Node> {
+        let n = self.instantiate(parent, name, f);
+        self.inodes.forget(n.id, 1);
+        n
+    }
+
+    fn found(&self, parent: &Arc<Node>, name: &[u8]) -> Result<(Arc<Node>, Attr)> {
+        match self.resolve(parent, name)? {
+            Lookup::Found(f) => {
+                let n = self.instantiate(parent, name, *f);
+                let a = self.attr_of(&n)?;
+                Ok((n, a))
+            }
+            _ => err(libc::EIO),
+        }
+    }
+
+    /// Create a new object `name` in directory `parent`. For files, also returns an fd
+    /// opened read-write on it (the caller reopens with the requested flags if needed).
+    pub fn create_object(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: NewKind,
+        who: Caller,
+    ) -> Result<(Arc<Node>, Attr)> {
+        self.check_writable()?;
+        if !whiteout::valid_new_name(name) {
+            return err(if whiteout::is_hidden_name(name) { libc::EPERM } else { libc::EINVAL });
+        }
+        let _g = self.tree.write();
+        let p = self.node(parent)?;
+        if let Lookup::Found(_) = self.resolve(&p, name)? {
+            return err(libc::EEXIST);
+        }
+        let pup = self.copy_up_dir(&p)?;
+        let is_dir = matches!(kind, NewKind::Dir { .. });
+        match self.upper_whiteout(&pup, name) {
+            UpperWhiteout::None => {
+                self.make_object(pup.as_fd(), name, &kind)?;
+                if let Err(e) = self.chown_new(pup.as_fd(), name, &pup, who, is_dir) {
+                    let _ = sys::unlinkat(pup.as_fd(), name, is_dir);
+                    return Err(e);
+                }
+            }
+            wh => {
+                let work = self.work()?.clone();
+                let tmp = self.tmp_name();
+                self.make_object(work.as_fd(), &tmp, &kind)?;
+                let staged = (|| -> Result<()> {
+                    self.chown_new(work.as_fd(), &tmp, &pup, who, is_dir)?;
+                    if is_dir {
+                        self.set_opaque(work.as_fd(), &tmp)?;
+                    }
+                    match (wh, is_dir) {
+                        (UpperWhiteout::CharDev, false) => {
+                            sys::renameat2(work.as_fd(), &tmp, pup.as_fd(), name, 0)
+                        }
+                        (UpperWhiteout::CharDev, true) => {
+                            sys::renameat2(work.as_fd(), &tmp, pup.as_fd(), name, sys::RENAME_EXCHANGE)?;
+                            sys::unlinkat(work.as_fd(), &tmp, false)
+                        }
+                        _ => {
+                            sys::renameat2(work.as_fd(), &tmp, pup.as_fd(), name, sys::RENAME_NOREPLACE)?;
+                            sys::unlinkat(pup.as_fd(), &whiteout::whiteout_name(name), false)
+                        }
+                    }
+                })();
+                if let Err(e) = staged {
+                    let _ = sys::unlinkat(work.as_fd(), &tmp, is_dir);
+                    return Err(e);
+                }
+            }
+        }
+        self.found(&p, name)
+    }
+
+    /// link(2): a new name for an existing non-directory.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<(Arc<Node>, Attr)> {
+        self.check_writable()?;
+        if !whiteout::valid_new_name(newname) {
+            return err(libc::EPERM);
+        }
+        let _g = self.tree.write();
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return err(libc::EPERM);
+        }
+        let np = self.node(newparent)?;
+        if let Lookup::Found(_) = self.resolve(&np, newname)? {
+            return err(libc::EEXIST);
+        }
+        self.copy_up(&node, Data::Full)?;
+        let (sdir, sname) = self.upper_loc(&node)?;
+        let npup = self.copy_up_dir(&np)?;
+        match self.upper_whiteout(&npup, newname) {
+            UpperWhiteout::None => sys::linkat(sdir.as_fd(), &sname, npup.as_fd(), newname)?,
+            UpperWhiteout::CharDev => {
+                let work = self.work()?.clone();
+                let tmp = self.tmp_name();
+                sys::linkat(sdir.as_fd(), &sname, work.as_fd(), &tmp)?;
+                if let Err(e) = sys::renameat2(work.as_fd(), &tmp, npup.as_fd(), newname, 0) {
+                    let _ = sys::unlinkat(work.as_fd(), &tmp, false);
+                    return Err(e);
+                }
+            }
+            UpperWhiteout::WhFile => {
+                sys::linkat(sdir.as_fd(), &sname, npup.as_fd(), newname)?;
+                sys::unlinkat(npup.as_fd(), &whiteout::whiteout_name(newname), false)?;
+            }
+        }
+        self.found(&np, newname)
+    }
+
+    /// Remove `name` from the upper directory, leaving a whiteout when a lower layer has
+    /// something by that name.
+    fn remove_upper_entry(&self, pup: &OwnedFd, name: &[u8], lower_present: bool, is_dir: bool) -> Result<()> {
+        if !lower_present {
+            if is_dir {
+                if let Ok(fd) = sys::openat(pup.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                    crate::overlay::remove_contents(&fd)?;
+                }
+            }
+            return sys::unlinkat(pup.as_fd(), name, is_dir);
+        }
+        let work = self.work()?.clone();
+        let tmp = self.tmp_name();
+        if self.chardev_whiteouts.load(Ordering::Relaxed) {
+            // Atomically swap a fresh whiteout in for the object, then drop the object.
+            let swapped = if is_dir {
+                self.create_whiteout(work.as_fd(), &tmp).and_then(|_| {
+                    if !self.chardev_whiteouts.load(Ordering::Relaxed) {
+                        return err(libc::EPERM);
+                    }
+                    sys::renameat2(work.as_fd(), &tmp, pup.as_fd(), name, sys::RENAME_EXCHANGE)
+                })
+            } else {
+                sys::renameat2(pup.as_fd(), name, work.as_fd(), &tmp, sys::RENAME_WHITEOUT)
+            };
+            match swapped {
+                Ok(()) => {
+                    if is_dir {
+                        if let Ok(fd) = sys::openat(work.as_fd(), &tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                            crate::overlay::remove_contents(&fd)?;
+                        }
+                    }
+                    return sys::unlinkat(work.as_fd(), &tmp, is_dir);
+                }
+                Err(e) => {
+                    let _ = sys::unlinkat(work.as_fd(), &tmp, false);
+                    let _ = sys::unlinkat(work.as_fd(), &whiteout::whiteout_name(&tmp), false);
+                    log::debug!("atomic whiteout swap failed ({e}); falling back");
+                }
+            }
+        }
+        if is_dir {
+            if let Ok(fd) = sys::openat(pup.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                crate::overlay::remove_contents(&fd)?;
+            }
+        }
+        sys::unlinkat(pup.as_fd(), name, is_dir)?;
+        self.create_whiteout(pup.as_fd(), name)
+    }
+
+    /// Drop the name (parent, name) from a node; marks it deleted when no name is left.
+    fn drop_name(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &[u8]) {
+        let mut s = node.s.lock();
+        let is_primary = s
+            .parent
+            .as_ref()
+            .map(|p| p.id == parent.id && s.name == name)
+            .unwrap_or(false);
+        if is_primary {
+            if let Some((np, nn)) = s.aliases.pop() {
+                s.parent = Some(np.clone());
+                s.name = nn.clone();
+                drop(s);
+                // Refresh where the remaining name's data lives.
+                if let Ok(Lookup::Found(f)) = self.resolve(&np, &nn) {
+                    let mut s = node.s.lock();
+                    s.in_upper = f.in_upper;
+                    s.indexed = f.indexed;
+                    if f.lower.is_some() {
+                        s.lower = f.lower;
+                    }
+                }
+            } else {
+                s.deleted = true;
+            }
+        } else {
+            s.aliases
+                .retain(|(p, n)| !(p.id == parent.id && n.as_slice() == name));
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        let _g = self.tree.write();
+        let p = self.node(parent)?;
+        let f = match self.resolve(&p, name)? {
+            Lookup::Found(f) => f,
+            _ => return err(libc::ENOENT),
+        };
+        if f.st.is_dir() {
+            return err(libc::EISDIR);
+        }
+        let pup = self.copy_up_dir(&p)?;
+        let (in_upper, lower_present) = (f.in_upper, f.lower_present);
+        let node = self.temp_node(&p, name, *f);
+        if in_upper {
+            self.remove_upper_entry(&pup, name, lower_present, false)?;
+        } else {
+            self.create_whiteout(pup.as_fd(), name)?;
+        }
+        self.drop_name(&node, &p, name);
+        Ok(())
+    }
+
+    /// Entries visible in a directory (for emptiness checks).
+    fn union_is_empty(&self, node: &Arc<Node>) -> Result<bool> {
+        Ok(self.merged_entries(node, true)?.is_empty())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        let _g = self.tree.write();
+        let p = self.node(parent)?;
+        let f = match self.resolve(&p, name)? {
+            Lookup::Found(f) => f,
+            _ => return err(libc::ENOENT),
+        };
+        if !f.st.is_dir() {
+            return err(libc::ENOTDIR);
+        }
+        let has_upper = f.upper_dir.is_some();
+        let lower_present = f.lower_present;
+        let node = self.temp_node(&p, name, *f);
+        if !self.union_is_empty(&node)? {
+            return err(libc::ENOTEMPTY);
+        }
+        let pup = self.copy_up_dir(&p)?;
+        if has_upper {
+            self.remove_upper_entry(&pup, name, lower_present, true)?;
+        } else {
+            self.create_whiteout(pup.as_fd(), name)?;
+        }
+        node.s.lock().deleted = true;
+        Ok(())
+    }
+
+    pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> Result<()> {
+        self.check_writable()?;
+        if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0 {
+            return err(libc::EINVAL);
+        }
+        if flags & sys::RENAME_NOREPLACE != 0 && flags & sys::RENAME_EXCHANGE != 0 {
+            return err(libc::EINVAL);
+        }
+        if !whiteout::valid_new_name(newname) {
+            return err(if whiteout::is_hidden_name(newname) { libc::EPERM } else { libc::EINVAL });
+        }
+        let _g = self.tree.write();
+        let p = self.node(parent)?;
+        let np = self.node(newparent)?;
+        let src = match self.resolve(&p, name)? {
+            Lookup::Found(f) => f,
+            _ => return err(libc::ENOENT),
+        };
+        let dst = match self.resolve(&np, newname)? {
+            Lookup::Found(f) => Some(f),
+            _ => None,
+        };
+        if flags & sys::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return err(libc::EEXIST);
+        }
+        if flags & sys::RENAME_EXCHANGE != 0 && dst.is_none() {
+            return err(libc::ENOENT);
+        }
+        if let Some(d) = &dst {
+            if d.st_ino == src.st_ino && flags & sys::RENAME_EXCHANGE == 0 {
+                return Ok(()); // same object (hard links): nothing to do
+            }
+            if flags & sys::RENAME_EXCHANGE == 0 {
+                if src.st.is_dir() && !d.st.is_dir() {
+                    return err(libc::ENOTDIR);
+                }
+                if !src.st.is_dir() && d.st.is_dir() {
+                    return err(libc::EISDIR);
+                }
+            }
+        }
+        let src_is_dir = src.st.is_dir();
+        let src_lower_present = src.lower_present;
+        let src_has_lowers = !src.lowers.is_empty();
+        let src_has_redirect = src.has_redirect;
+        let src_lower_path = src.lower_path.clone();
+        let snode = self.temp_node(&p, name, *src);
+        let dinfo = dst.map(|d| {
+            let is_dir = d.st.is_dir();
+            let lp = d.lower_present;
+            let has_lowers = !d.lowers.is_empty();
+            let redirect = d.has_redirect;
+            let lpath = d.lower_path.clone();
+            (self.temp_node(&np, newname, *d), is_dir, lp, has_lowers, redirect, lpath)
+        });
+        if let Some((dn, true, ..)) = &dinfo {
+            if flags & sys::RENAME_EXCHANGE == 0 && !self.union_is_empty(dn)? {
+                return err(libc::ENOTEMPTY);
+            }
+        }
+        if src_is_dir && src_has_lowers && !self.cfg.redirect_dir {
+            return err(libc::EXDEV);
+        }
+        let pup = self.copy_up_dir(&p)?;
+        let npup = self.copy_up_dir(&np)?;
+        if src_is_dir {
+            self.copy_up_dir(&snode)?;
+        } else {
+            self.copy_up(&snode, Data::Full)?;
+        }
+
+        if flags & sys::RENAME_EXCHANGE != 0 {
+            let (dn, d_is_dir, _, d_has_lowers, d_redirect, d_lpath) = dinfo.clone().unwrap();
+            if d_is_dir {
+                self.copy_up_dir(&dn)?;
+            } else {
+                self.copy_up(&dn, Data::Full)?;
+            }
+            if src_is_dir && src_has_lowers && !src_has_redirect {
+                self.set_redirect(&snode, &src_lower_path)?;
+            }
+            if d_is_dir && d_has_lowers && !d_redirect {
+                self.set_redirect(&dn, &d_lpath)?;
+            }
+            sys::renameat2(pup.as_fd(), name, npup.as_fd(), newname, sys::RENAME_EXCHANGE)?;
+            self.move_name(&snode, &p, name, &np, newname);
+            self.move_name(&dn, &np, newname, &p, name);
+            return Ok(());
+        }
+
+        // What sits at the target in the upper, and is there lower content by that name?
+        let dst_wh = self.upper_whiteout(&npup, newname);
+        let dst_lower = match &dinfo {
+            Some((_, _, lp, ..)) => *lp,
+            None => dst_wh != UpperWhiteout::None,
+        };
+        if src_is_dir {
+            if src_has_lowers {
+                if !src_has_redirect {
+                    self.set_redirect(&snode, &src_lower_path)?;
+                }
+            } else if dst_lower {
+                let d = snode.s.lock().upper_dir.clone().ok_or_else(|| Error::from_errno(libc::EIO))?;
+                self.set_opaque(d.as_fd(), b"")?;
+            }
+        }
+        // An upper directory being replaced holds only whiteouts: clear them.
+        if let Some((dn, true, ..)) = &dinfo {
+            if let Some(u) = dn.s.lock().upper_dir.clone() {
+                crate::overlay::remove_contents(&u)?;
+            }
+        }
+        let mut need_wh_at_old = src_lower_present;
+        match dst_wh {
+            UpperWhiteout::CharDev if src_is_dir => {
+                // A directory cannot replace the whiteout: swap them, and the whiteout lands
+                // on the old name, which is what that name needs if lower content is there.
+                sys::renameat2(pup.as_fd(), name, npup.as_fd(), newname, sys::RENAME_EXCHANGE)?;
+                if !need_wh_at_old {
+                    sys::unlinkat(pup.as_fd(), name, false)?;
+                }
+                need_wh_at_old = false;
+            }
+            _ => {
+                let mut done = false;
+                if need_wh_at_old && self.chardev_whiteouts.load(Ordering::Relaxed) {
+                    match sys::renameat2(pup.as_fd(), name, npup.as_fd(), newname, sys::RENAME_WHITEOUT) {
+                        Ok(()) => {
+                            done = true;
+                            need_wh_at_old = false;
+                            self.counters.whiteouts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.is(libc::EINVAL) || e.is(libc::EPERM) || e.is(libc::EOPNOTSUPP) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if !done {
+                    sys::renameat2(pup.as_fd(), name, npup.as_fd(), newname, 0)?;
+                }
+                if dst_wh == UpperWhiteout::WhFile {
+                    sys::unlinkat(npup.as_fd(), &whiteout::whiteout_name(newname), false)?;
+                }
+            }
+        }
+        if need_wh_at_old {
+            self.create_whiteout(pup.as_fd(), name)?;
+        }
+        if let Some((dn, d_is_dir, ..)) = &dinfo {
+            if *d_is_dir {
+                dn.s.lock().deleted = true;
+            } else {
+                self.drop_name(dn, &np, newname);
+            }
+        }
+        self.move_name(&snode, &p, name, &np, newname);
+        Ok(())
+    }
+
+    fn set_redirect(&self, node: &Arc<Node>, lower_path: &[u8]) -> Result<()> {
+        let d = node.s.lock().upper_dir.clone().ok_or_else(|| Error::from_errno(libc::EIO))?;
+        sys::setxattr(d.as_fd(), b"", &self.ovl_xattr("redirect"), lower_path, 0)?;
+        let mut s = node.s.lock();
+        s.has_redirect = true;
+        s.lower_path = lower_path.to_vec();
+        Ok(())
+    }
+
+    fn move_name(&self, node: &Arc<Node>, from: &Arc<Node>, fname: &[u8], to: &Arc<Node>, tname: &[u8]) {
+        let mut s = node.s.lock();
+        let is_primary = s
+            .parent
+            .as_ref()
+            .map(|p| p.id == from.id && s.name == fname)
+            .unwrap_or(false);
+        if is_primary || s.kind == libc::S_IFDIR {
+            s.parent = Some(to.clone());
+            s.name = tname.to_vec();
+        } else {
+            for (p, n) in s.aliases.iter_mut() {
+                if p.id == from.id && n.as_slice() == fname {
+                    *p = to.clone();
+                    *n = tname.to_vec();
+                }
+            }
+        }
+        s.deleted = false;
+    }
+}

@@ -1,0 +1,154 @@
+//! Overlay inodes: what the union knows about one object, and the table of inodes the
+//! kernel holds references to (FUSE node id == stable st_ino, root == 1).
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub const ROOT_ID: u64 = 1;
+
+/// A real directory in a lower layer that takes part in a merged directory.
+#[derive(Debug, Clone)]
+pub struct LowerDir {
+    /// Index into `Layers::lowers`.
+    pub layer: usize,
+    pub fd: Arc<OwnedFd>,
+}
+
+/// Where a lower non-directory lives: (layer, real parent dir, name).
+#[derive(Debug, Clone)]
+pub struct LowerFile {
+    pub layer: usize,
+    pub dir: Arc<OwnedFd>,
+    pub name: Vec<u8>,
+    /// Real st_nlink of the lower inode (for hard-link handling).
+    pub nlink: u64,
+}
+
+#[derive(Debug)]
+pub struct NodeState {
+    /// S_IFMT bits.
+    pub kind: u32,
+    /// Primary name: parent node and name in it (None for the root).
+    pub parent: Option<Arc<Node>>,
+    pub name: Vec<u8>,
+    /// Further names of the same object (hard links), beyond the primary one.
+    pub aliases: Vec<(Arc<Node>, Vec<u8>)>,
+    /// Directories: the upper directory, once it exists.
+    pub upper_dir: Option<Arc<OwnedFd>>,
+    /// Non-directories: the object exists in the upper at (parent's upper dir, name).
+    pub in_upper: bool,
+    /// Directories: the lower directories merged below the upper, top first.
+    pub lowers: Vec<LowerDir>,
+    /// Non-directories: the lower object (data source until copy-up; origin after).
+    pub lower: Option<LowerFile>,
+    /// Directories: path of this directory's lower dirs from the lower layers' roots
+    /// (differs from the union path after a directory rename: the redirect).
+    pub lower_path: Vec<u8>,
+    /// Directories: carries a redirect xattr already.
+    pub has_redirect: bool,
+    /// Non-directories: a copy of a hard-linked lower file lives in the index.
+    pub indexed: bool,
+    /// Something with this name exists (possibly hidden) in a lower layer below the visible
+    /// object: removing the name must leave a whiteout.
+    pub lower_present: bool,
+    /// The object has been removed from the union (kept while the kernel holds it).
+    pub deleted: bool,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub id: u64,
+    pub st_ino: u64,
+    pub generation: AtomicU64,
+    pub lookups: AtomicU64,
+    pub s: Mutex<NodeState>,
+    /// Serializes copy-up of this object.
+    pub copy_lock: Mutex<()>,
+}
+
+impl Node {
+    pub fn new(id: u64, st_ino: u64, state: NodeState, generation: u64) -> Arc<Node> {
+        Arc::new(Node {
+            id,
+            st_ino,
+            generation: AtomicU64::new(generation),
+            lookups: AtomicU64::new(0),
+            s: Mutex::new(state),
+            copy_lock: Mutex::new(()),
+        })
+    }
+    pub fn kind(&self) -> u32 {
+        self.s.lock().kind
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind() == libc::S_IFDIR
+    }
+    /// Primary (parent, name), if any.
+    pub fn primary(&self) -> Option<(Arc<Node>, Vec<u8>)> {
+        let s = self.s.lock();
+        s.parent.clone().map(|p| (p, s.name.clone()))
+    }
+}
+
+/// The inodes the kernel currently references, by node id.
+#[derive(Default)]
+pub struct InodeTable {
+    map: DashMap<u64, Arc<Node>>,
+    next_gen: AtomicU64,
+}
+
+impl InodeTable {
+    pub fn get(&self, id: u64) -> Option<Arc<Node>> {
+        self.map.get(&id).map(|n| n.clone())
+    }
+    pub fn insert(&self, node: Arc<Node>) {
+        self.map.insert(node.id, node);
+    }
+    pub fn next_generation(&self) -> u64 {
+        self.next_gen.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    /// Get the node for `id` or insert the one `make` builds, and take one kernel
+    /// reference on it, atomically with respect to [`InodeTable::forget`].
+    pub fn get_or_insert_ref(
+        &self,
+        id: u64,
+        make: impl FnOnce() -> Arc<Node>,
+    ) -> (Arc<Node>, bool) {
+        match self.map.entry(id) {
+            dashmap::mapref::entry::Entry::Occupied(o) => {
+                o.get().lookups.fetch_add(1, Ordering::AcqRel);
+                (o.get().clone(), false)
+            }
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                let n = make();
+                n.lookups.fetch_add(1, Ordering::AcqRel);
+                v.insert(n.clone());
+                (n, true)
+            }
+        }
+    }
+    /// Drop `n` kernel references; removes the node at zero (the root is never removed).
+    pub fn forget(&self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        if let dashmap::mapref::entry::Entry::Occupied(o) = self.map.entry(id) {
+            let node = o.get();
+            let prev = node.lookups.load(Ordering::Acquire);
+            let new = prev.saturating_sub(n);
+            node.lookups.store(new, Ordering::Release);
+            if new == 0 {
+                o.remove();
+            }
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

@@ -1,0 +1,823 @@
+//! The overlay filesystem object: layers, workdir, inode table, and the lookup through the
+//! layer stack (the kernel's namei.c). Operations live in the sibling modules as
+//! `impl Overlay` blocks and all return `Result<T, Error>`, so they run without a mount.
+
+use crate::error::{err, Error, Result};
+use crate::inode::{InodeTable, LowerDir, LowerFile, Node, NodeState, ROOT_ID};
+use crate::layer::Layers;
+use crate::options::Options;
+use crate::sys::{self, Stat};
+use crate::whiteout::{self, OpaqueValue, Redirect};
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Which xattr namespace layerfs writes its overlay metadata in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrNs {
+    /// `trusted.overlay.*` (real root): readable by the kernel overlay.
+    Trusted,
+    /// `user.overlay.*` (+ `user.fuseoverlayfs.*` for opaque): rootless.
+    User,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub fsync: bool,
+    pub redirect_dir: bool,
+    pub static_nlink: bool,
+    pub noxattrs: bool,
+    pub read_only: bool,
+    /// chown new objects to the caller (the daemon can change owners).
+    pub chown_new: bool,
+}
+
+/// Counters for SIGUSR1 dumps and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub copy_ups: AtomicU64,
+    pub copy_up_bytes: AtomicU64,
+    pub whiteouts: AtomicU64,
+}
+
+pub struct Overlay {
+    pub layers: Layers,
+    /// WORKDIR/work: staging area, emptied at mount.
+    pub work: Option<Arc<OwnedFd>>,
+    /// WORKDIR/layerfs-index: copies of hard-linked lower files, by stable inode number.
+    pub index: Option<Arc<OwnedFd>>,
+    pub inodes: InodeTable,
+    /// Namespace lock: shared for lookups/reads, exclusive for namespace changes.
+    pub tree: RwLock<()>,
+    pub cfg: Config,
+    pub xattr_ns: XattrNs,
+    /// false once creating a char 0/0 whiteout failed: fall back to `.wh.NAME` files.
+    pub chardev_whiteouts: AtomicBool,
+    pub handles: DashMap<u64, Arc<crate::file::Handle>>,
+    pub next_fh: AtomicU64,
+    tmp_seq: AtomicU64,
+    pub counters: Counters,
+}
+
+/// Result of resolving one name in a directory through the layer stack.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Box<Found>),
+    /// Hidden by a whiteout (in the upper, or the first layer that has the name).
+    WhitedOut,
+    Absent,
+}
+
+#[derive(Debug)]
+pub struct Found {
+    pub st: Stat,
+    pub st_ino: u64,
+    pub upper_dir: Option<Arc<OwnedFd>>,
+    pub in_upper: bool,
+    pub lowers: Vec<LowerDir>,
+    pub lower: Option<LowerFile>,
+    pub lower_path: Vec<u8>,
+    pub has_redirect: bool,
+    pub indexed: bool,
+    pub lower_present: bool,
+    pub opaque: bool,
+}
+
+/// Attributes of a union object as reported to the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    pub st: Stat,
+    pub ino: u64,
+}
+
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = dir.to_vec();
+    if !v.ends_with(b"/") {
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
+impl Overlay {
+    /// Open the layers and prepare the workdir the way the kernel does: a private `work/`
+    /// subdirectory, emptied at start.
+    pub fn new(opts: &Options) -> Result<Overlay> {
+        sys::raise_nofile_limit();
+        let read_only = opts.upperdir.is_none() || opts.ro;
+        let upper = if opts.ro { None } else { opts.upperdir.as_deref() };
+        let layers = Layers::open(upper, &opts.lowerdirs, opts.ino32)?;
+        let (work, index) = match (&layers.upper, &opts.workdir) {
+            (Some(_), Some(w)) => {
+                let wfd = sys::open_dir_path(w)
+                    .map_err(|e| e.context(format!("open workdir {}", w.display())))?;
+                let work = prepare_subdir(wfd.as_fd(), b"work", true)?;
+                let index = prepare_subdir(wfd.as_fd(), b"layerfs-index", false)?;
+                (Some(Arc::new(work)), Some(Arc::new(index)))
+            }
+            _ => (None, None),
+        };
+        let euid = sys::geteuid();
+        let mut ov = Overlay {
+            layers,
+            work,
+            index,
+            inodes: InodeTable::default(),
+            tree: RwLock::new(()),
+            cfg: Config {
+                fsync: opts.fsync && !opts.volatile,
+                redirect_dir: opts.redirect_dir,
+                static_nlink: opts.static_nlink,
+                noxattrs: opts.noxattrs,
+                read_only,
+                chown_new: euid == 0,
+            },
+            xattr_ns: XattrNs::User,
+            chardev_whiteouts: AtomicBool::new(true),
+            handles: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            tmp_seq: AtomicU64::new(0),
+            counters: Counters::default(),
+        };
+        ov.probe_capabilities();
+        ov.make_root()?;
+        Ok(ov)
+    }
+
+    /// Decide the metadata formats this daemon can write, by trying them in workdir.
+    fn probe_capabilities(&mut self) {
+        let Some(work) = self.work.clone() else {
+            return;
+        };
+        let probe = self.tmp_name();
+        if sys::mkdirat(work.as_fd(), &probe, 0o700).is_ok() {
+            self.xattr_ns =
+                match sys::setxattr(work.as_fd(), &probe, b"trusted.overlay.opaque", b"y", 0) {
+                    Ok(()) => XattrNs::Trusted,
+                    Err(e) => {
+                        log::info!(
+                            "trusted.* xattrs not writable ({e}): writing user.overlay.* metadata"
+                        );
+                        XattrNs::User
+                    }
+                };
+            let _ = sys::unlinkat(work.as_fd(), &probe, true);
+        }
+        let wh = self.tmp_name();
+        match sys::mknodat(work.as_fd(), &wh, libc::S_IFCHR, 0) {
+            Ok(()) => {
+                let _ = sys::unlinkat(work.as_fd(), &wh, false);
+            }
+            Err(e) => {
+                log::warn!("cannot create char 0/0 whiteouts ({e}): using .wh.NAME files");
+                self.chardev_whiteouts.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn make_root(&self) -> Result<()> {
+        let upper_dir = match &self.layers.upper {
+            Some(u) => Some(Arc::new(sys::dup(u.root.as_fd())?)),
+            None => None,
+        };
+        let mut lowers = Vec::new();
+        for (i, l) in self.layers.lowers.iter().enumerate() {
+            lowers.push(LowerDir {
+                layer: i,
+                fd: Arc::new(sys::dup(l.root.as_fd())?),
+            });
+            if i == 0 || upper_dir.is_some() {
+                // the kernel never treats the root as opaque; neither do we
+            }
+        }
+        let st_ino = {
+            let fd = upper_dir.as_ref().map(|f| f.clone()).unwrap_or(lowers[0].fd.clone());
+            let st = sys::fstat(fd.as_fd())?;
+            self.layers.compose_ino(st.dev, st.ino)
+        };
+        let root = Node::new(
+            ROOT_ID,
+            st_ino,
+            NodeState {
+                kind: libc::S_IFDIR,
+                parent: None,
+                name: Vec::new(),
+                aliases: Vec::new(),
+                upper_dir,
+                in_upper: self.layers.upper.is_some(),
+                lowers,
+                lower: None,
+                lower_path: b"/".to_vec(),
+                has_redirect: false,
+                indexed: false,
+                lower_present: false,
+                deleted: false,
+            },
+            0,
+        );
+        root.lookups.store(1, Ordering::Relaxed);
+        self.inodes.insert(root);
+        Ok(())
+    }
+
+    pub fn root(&self) -> Arc<Node> {
+        self.inodes.get(ROOT_ID).expect("root inode")
+    }
+
+    pub fn node(&self, id: u64) -> Result<Arc<Node>> {
+        self.inodes.get(id).ok_or_else(|| {
+            log::debug!("unknown node id {id}");
+            Error::from_errno(libc::ESTALE)
+        })
+    }
+
+    /// A fresh name for a staging object in the work directory.
+    pub fn tmp_name(&self) -> Vec<u8> {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        format!("#lfs{}.{}", std::process::id(), n).into_bytes()
+    }
+
+    pub fn work(&self) -> Result<&Arc<OwnedFd>> {
+        self.work.as_ref().ok_or_else(|| Error::from_errno(libc::EROFS))
+    }
+
+    pub fn check_writable(&self) -> Result<()> {
+        if self.cfg.read_only || self.layers.upper.is_none() {
+            return err(libc::EROFS);
+        }
+        Ok(())
+    }
+
+    /// Metadata xattr name in the namespace this daemon writes (`opaque`, `redirect`, ...).
+    pub fn ovl_xattr(&self, what: &str) -> Vec<u8> {
+        match self.xattr_ns {
+            XattrNs::Trusted => format!("trusted.overlay.{what}").into_bytes(),
+            XattrNs::User => format!("user.overlay.{what}").into_bytes(),
+        }
+    }
+
+    /// layerfs's own origin xattr.
+    pub fn origin_xattr(&self) -> &'static [u8] {
+        match self.xattr_ns {
+            XattrNs::Trusted => b"trusted.layerfs.origin",
+            XattrNs::User => b"user.layerfs.origin",
+        }
+    }
+
+    // ----- reading overlay metadata of real objects -----
+
+    /// Opaqueness of a real directory (`dir` is the directory's own fd).
+    pub fn dir_opaque(&self, dir: &OwnedFd) -> OpaqueValue {
+        for x in whiteout::OPAQUE_XATTRS {
+            if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), b"", x) {
+                match whiteout::parse_opaque(&v) {
+                    OpaqueValue::No => {}
+                    o => return o,
+                }
+            }
+        }
+        if sys::fstatat(dir.as_fd(), whiteout::OPAQUE_MARKER).is_ok() {
+            return OpaqueValue::Yes;
+        }
+        OpaqueValue::No
+    }
+
+    pub fn dir_redirect(&self, dir: &OwnedFd) -> Option<Redirect> {
+        if !self.cfg.redirect_dir {
+            return None;
+        }
+        for x in whiteout::REDIRECT_XATTRS {
+            if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), b"", x) {
+                match whiteout::parse_redirect(&v) {
+                    Some(r) => return Some(r),
+                    None => log::warn!("ignoring malformed redirect xattr {:?}", bstr(&v)),
+                }
+            }
+        }
+        None
+    }
+
+    fn read_origin(&self, dir: &OwnedFd, name: &[u8]) -> Option<u64> {
+        for x in [&b"trusted.layerfs.origin"[..], b"user.layerfs.origin"] {
+            if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
+                if let Some(n) = std::str::from_utf8(&v).ok().and_then(|s| s.trim().parse().ok()) {
+                    return Some(n);
+                }
+            }
+        }
+        None
+    }
+
+    /// Is the real entry (dir, name) with stat `st` a whiteout? `xwh` tells whether the
+    /// directory may hold xattr whiteouts (opaque=x).
+    fn is_whiteout(&self, dir: &OwnedFd, name: &[u8], st: &Stat, xwh: bool) -> bool {
+        if whiteout::is_whiteout_stat(st) {
+            return true;
+        }
+        if xwh && st.is_reg() && st.size == 0 {
+            return whiteout::XWHITEOUT_XATTRS
+                .iter()
+                .any(|x| matches!(sys::getxattr(dir.as_fd(), name, x), Ok(Some(_))));
+        }
+        false
+    }
+
+    fn has_wh_file(&self, dir: &OwnedFd, name: &[u8]) -> bool {
+        sys::fstatat(dir.as_fd(), &whiteout::whiteout_name(name)).is_ok()
+    }
+
+    /// Resolve `name` in directory node `parent` through the stack (the kernel's
+    /// ovl_lookup). With `open_dirs` false, directory fds are not kept (readdir ino
+    /// computation).
+    pub fn resolve(&self, parent: &Node, name: &[u8]) -> Result<Lookup> {
+        if whiteout::is_hidden_name(name) || name == b"." || name == b".." {
+            return Ok(Lookup::Absent);
+        }
+        if name.len() > 255 {
+            return err(libc::ENAMETOOLONG);
+        }
+        let (pupper, plowers, plower_path, pkind) = {
+            let s = parent.s.lock();
+            (
+                s.upper_dir.clone(),
+                s.lowers.clone(),
+                s.lower_path.clone(),
+                s.kind,
+            )
+        };
+        if pkind != libc::S_IFDIR {
+            return err(libc::ENOTDIR);
+        }
+        let mut found: Option<Found> = None;
+        let mut stop = false;
+        let mut target_rel: Option<Vec<u8>> = Some(name.to_vec());
+        let mut target_abs: Option<Vec<u8>> = None;
+        let mut first_layer = 0usize;
+
+        if let Some(u) = &pupper {
+            let pxwh = self.dir_opaque(u) == OpaqueValue::XWhiteouts;
+            match sys::fstatat(u.as_fd(), name) {
+                Ok(st) if self.is_whiteout(u, name, &st, pxwh) => return Ok(Lookup::WhitedOut),
+                Ok(st) => {
+                    let mut f = Found {
+                        st,
+                        st_ino: 0,
+                        upper_dir: None,
+                        in_upper: true,
+                        lowers: Vec::new(),
+                        lower: None,
+                        lower_path: join(&plower_path, name),
+                        has_redirect: false,
+                        indexed: false,
+                        lower_present: false,
+                        opaque: false,
+                    };
+                    let origin = self.read_origin(u, name);
+                    if st.is_dir() {
+                        let fd = sys::open_subdir(u.as_fd(), name)?;
+                        if self.dir_opaque(&fd) == OpaqueValue::Yes {
+                            f.opaque = true;
+                            stop = true;
+                        }
+                        match self.dir_redirect(&fd) {
+                            Some(Redirect::Absolute(p)) => {
+                                f.has_redirect = true;
+                                f.lower_path = p.clone();
+                                target_abs = Some(p);
+                                target_rel = None;
+                            }
+                            Some(Redirect::Relative(n)) => {
+                                f.has_redirect = true;
+                                f.lower_path = join(&plower_path, &n);
+                                target_rel = Some(n);
+                            }
+                            None => {}
+                        }
+                        f.upper_dir = Some(Arc::new(fd));
+                    }
+                    f.st_ino = origin.unwrap_or_else(|| self.layers.compose_ino(st.dev, st.ino));
+                    if origin.is_none() && st.is_dir() {
+                        f.st_ino = 0; // decided by the top lower dir below, if any
+                    }
+                    found = Some(f);
+                }
+                Err(e) if e.is(libc::ENOENT) => {
+                    if self.has_wh_file(u, name) {
+                        return Ok(Lookup::WhitedOut);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        let nlower = self.layers.lowers.len();
+        let mut j = first_layer;
+        while j < nlower && !stop {
+            let layer = j;
+            j += 1;
+            let (dirfd, ename): (Arc<OwnedFd>, Vec<u8>) = if let Some(p) = &target_abs {
+                let (dpath, base) = split_last(p);
+                if base.is_empty() {
+                    continue;
+                }
+                match sys::openat2_beneath(
+                    self.layers.lowers[layer].root.as_fd(),
+                    dpath,
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                ) {
+                    Ok(fd) => (Arc::new(fd), base.to_vec()),
+                    Err(_) => continue,
+                }
+            } else {
+                match plowers.iter().find(|l| l.layer == layer) {
+                    Some(l) => (l.fd.clone(), target_rel.clone().unwrap_or_default()),
+                    None => continue,
+                }
+            };
+            let xwh = self.dir_opaque(&dirfd) == OpaqueValue::XWhiteouts;
+            match sys::fstatat(dirfd.as_fd(), &ename) {
+                Ok(st) if self.is_whiteout(&dirfd, &ename, &st, xwh) => {
+                    if found.is_none() {
+                        return Ok(Lookup::WhitedOut);
+                    }
+                    break;
+                }
+                Ok(st) => {
+                    let wh_here = self.has_wh_file(&dirfd, &ename);
+                    match &mut found {
+                        None => {
+                            let mut f = Found {
+                                st,
+                                st_ino: self.layers.compose_ino(st.dev, st.ino),
+                                upper_dir: None,
+                                in_upper: false,
+                                lowers: Vec::new(),
+                                lower: None,
+                                lower_path: target_abs
+                                    .clone()
+                                    .unwrap_or_else(|| join(&plower_path, &ename)),
+                                has_redirect: false,
+                                indexed: false,
+                                lower_present: true,
+                                opaque: false,
+                            };
+                            if st.is_dir() {
+                                let fd = sys::open_subdir(dirfd.as_fd(), &ename)?;
+                                if self.dir_opaque(&fd) == OpaqueValue::Yes || wh_here {
+                                    stop = true;
+                                }
+                                self.follow_lower_redirect(
+                                    &fd,
+                                    &plower_path,
+                                    &mut target_rel,
+                                    &mut target_abs,
+                                );
+                                f.lowers.push(LowerDir {
+                                    layer,
+                                    fd: Arc::new(fd),
+                                });
+                            } else {
+                                f.lower = Some(LowerFile {
+                                    layer,
+                                    dir: dirfd.clone(),
+                                    name: ename.clone(),
+                                    nlink: st.nlink,
+                                });
+                                stop = true;
+                            }
+                            found = Some(f);
+                        }
+                        Some(f) => {
+                            f.lower_present = true;
+                            if f.st.is_dir() && st.is_dir() {
+                                let fd = sys::open_subdir(dirfd.as_fd(), &ename)?;
+                                if f.st_ino == 0 {
+                                    f.st_ino = self.layers.compose_ino(st.dev, st.ino);
+                                }
+                                if self.dir_opaque(&fd) == OpaqueValue::Yes || wh_here {
+                                    stop = true;
+                                }
+                                self.follow_lower_redirect(
+                                    &fd,
+                                    &plower_path,
+                                    &mut target_rel,
+                                    &mut target_abs,
+                                );
+                                f.lowers.push(LowerDir {
+                                    layer,
+                                    fd: Arc::new(fd),
+                                });
+                            } else {
+                                if !f.st.is_dir() && !st.is_dir() && f.lower.is_none() {
+                                    f.lower = Some(LowerFile {
+                                        layer,
+                                        dir: dirfd.clone(),
+                                        name: ename.clone(),
+                                        nlink: st.nlink,
+                                    });
+                                }
+                                stop = true;
+                            }
+                        }
+                    }
+                    if wh_here {
+                        stop = true;
+                    }
+                }
+                Err(e) if e.is(libc::ENOENT) || e.is(libc::ENOTDIR) => {
+                    if self.has_wh_file(&dirfd, &ename) {
+                        if found.is_none() {
+                            return Ok(Lookup::WhitedOut);
+                        }
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        first_layer = 0;
+        let _ = first_layer;
+
+        let Some(mut f) = found else {
+            return Ok(Lookup::Absent);
+        };
+        if f.st_ino == 0 {
+            f.st_ino = self.layers.compose_ino(f.st.dev, f.st.ino);
+        }
+        // A hard-linked lower file whose copy lives in the index.
+        if !f.in_upper && !f.st.is_dir() && f.st.nlink > 1 {
+            if let Some(idx) = &self.index {
+                if let Ok(ist) = sys::fstatat(idx.as_fd(), &index_name(f.st_ino)) {
+                    f.indexed = true;
+                    f.st = ist;
+                }
+            }
+        }
+        Ok(Lookup::Found(Box::new(f)))
+    }
+
+    fn follow_lower_redirect(
+        &self,
+        fd: &OwnedFd,
+        plower_path: &[u8],
+        target_rel: &mut Option<Vec<u8>>,
+        target_abs: &mut Option<Vec<u8>>,
+    ) {
+        match self.dir_redirect(fd) {
+            Some(Redirect::Absolute(p)) => {
+                *target_abs = Some(p);
+                *target_rel = None;
+            }
+            Some(Redirect::Relative(n)) => {
+                if target_abs.is_some() {
+                    let base = target_abs.as_ref().map(|p| split_last(p).0.to_vec());
+                    *target_abs = base.map(|b| join(&b, &n));
+                } else {
+                    let _ = plower_path;
+                    *target_rel = Some(n);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Turn a resolved object into a node (creating it or refreshing the existing one with
+    /// the same id) and take one kernel reference.
+    pub fn instantiate(&self, parent: &Arc<Node>, name: &[u8], f: Found) -> Arc<Node> {
+        let id = f.st_ino;
+        let kind = f.st.kind();
+        let make_state = |f: Found| NodeState {
+            kind,
+            parent: Some(parent.clone()),
+            name: name.to_vec(),
+            aliases: Vec::new(),
+            upper_dir: f.upper_dir,
+            in_upper: f.in_upper,
+            lowers: f.lowers,
+            lower: f.lower,
+            lower_path: f.lower_path,
+            has_redirect: f.has_redirect,
+            indexed: f.indexed,
+            lower_present: f.lower_present,
+            deleted: false,
+        };
+        let mut slot = Some(f);
+        let (node, created) = self.inodes.get_or_insert_ref(id, || {
+            let f = slot.take().unwrap();
+            Node::new(id, id, make_state(f), self.inodes.next_generation())
+        });
+        if !created {
+            let f = slot.take().unwrap();
+            let mut s = node.s.lock();
+            if s.deleted || s.kind != kind {
+                // The id was reused by another object: start over with a new generation.
+                *s = make_state(f);
+                node.generation
+                    .store(self.inodes.next_generation(), Ordering::Relaxed);
+            } else if kind == libc::S_IFDIR {
+                s.parent = Some(parent.clone());
+                s.name = name.to_vec();
+                if s.upper_dir.is_none() {
+                    s.upper_dir = f.upper_dir;
+                }
+                if !s.has_redirect {
+                    s.lowers = f.lowers;
+                    s.lower_path = f.lower_path;
+                }
+                s.lower_present = f.lower_present;
+            } else {
+                let same_primary = s
+                    .parent
+                    .as_ref()
+                    .map(|p| p.id == parent.id && s.name == name)
+                    .unwrap_or(false);
+                if !same_primary
+                    && !s
+                        .aliases
+                        .iter()
+                        .any(|(p, n)| p.id == parent.id && n.as_slice() == name)
+                {
+                    if s.in_upper && !f.in_upper && s.indexed {
+                        // keep the upper primary; remember this lower alias too
+                    }
+                    s.aliases.push((parent.clone(), name.to_vec()));
+                }
+                if f.in_upper || !s.in_upper {
+                    s.in_upper = f.in_upper;
+                    s.lower = f.lower.or(s.lower.take());
+                    s.indexed = f.indexed;
+                    if f.in_upper {
+                        s.parent = Some(parent.clone());
+                        s.name = name.to_vec();
+                    }
+                }
+                s.lower_present = s.lower_present || f.lower_present;
+            }
+        }
+        node
+    }
+
+    /// lookup(2): resolve and instantiate.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<(Arc<Node>, Attr)> {
+        let _g = self.tree.read();
+        let p = self.node(parent)?;
+        match self.resolve(&p, name)? {
+            Lookup::Found(f) => {
+                let node = self.instantiate(&p, name, *f);
+                let attr = self.attr_of(&node)?;
+                Ok((node, attr))
+            }
+            _ => err(libc::ENOENT),
+        }
+    }
+
+    pub fn forget(&self, id: u64, n: u64) {
+        self.inodes.forget(id, n);
+    }
+
+    /// Upper location of a non-directory: (parent's upper dir, name).
+    pub fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
+        let s = node.s.lock();
+        if s.kind == libc::S_IFDIR {
+            return s
+                .upper_dir
+                .clone()
+                .map(|d| (d, Vec::new()))
+                .ok_or_else(|| Error::from_errno(libc::EIO));
+        }
+        let parent = s.parent.clone().ok_or_else(|| Error::from_errno(libc::EIO))?;
+        let name = s.name.clone();
+        drop(s);
+        let pu = parent.s.lock().upper_dir.clone();
+        pu.map(|d| (d, name))
+            .ok_or_else(|| Error::from_errno(libc::EIO).context("parent has no upper dir"))
+    }
+
+    /// Where the visible data/attributes of a node live now: (dir fd, name) with an empty
+    /// name meaning the directory fd itself.
+    pub fn real_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
+        let s = node.s.lock();
+        if s.kind == libc::S_IFDIR {
+            if let Some(u) = &s.upper_dir {
+                return Ok((u.clone(), Vec::new()));
+            }
+            return s
+                .lowers
+                .first()
+                .map(|l| (l.fd.clone(), Vec::new()))
+                .ok_or_else(|| Error::from_errno(libc::EIO));
+        }
+        if s.in_upper {
+            drop(s);
+            return self.upper_loc(node);
+        }
+        if s.indexed {
+            if let Some(idx) = &self.index {
+                return Ok((idx.clone(), index_name(node.st_ino)));
+            }
+        }
+        s.lower
+            .as_ref()
+            .map(|l| (l.dir.clone(), l.name.clone()))
+            .ok_or_else(|| Error::from_errno(libc::EIO))
+    }
+
+    pub fn attr_of(&self, node: &Node) -> Result<Attr> {
+        let (dir, name) = self.real_loc(node)?;
+        let mut st = sys::fstatat(dir.as_fd(), &name)?;
+        let s = node.s.lock();
+        if s.kind == libc::S_IFDIR {
+            let merged = !s.lowers.is_empty() && (s.upper_dir.is_some() || s.lowers.len() > 1);
+            if merged || self.cfg.static_nlink {
+                st.nlink = 1;
+            }
+        } else if s.indexed && !s.in_upper {
+            // index copy: one link is the index entry itself
+            st.nlink = st.nlink.saturating_sub(1).max(1);
+        }
+        Ok(Attr {
+            st,
+            ino: node.st_ino,
+        })
+    }
+
+    pub fn getattr(&self, id: u64) -> Result<Attr> {
+        let node = self.node(id)?;
+        self.attr_of(&node)
+    }
+
+    pub fn statfs(&self) -> Result<sys::StatFs> {
+        let fd = match &self.layers.upper {
+            Some(u) => u.root.clone(),
+            None => self.layers.lowers[0].root.clone(),
+        };
+        sys::fstatvfs(fd.as_fd())
+    }
+}
+
+/// Name of an index entry for a stable inode number.
+pub fn index_name(st_ino: u64) -> Vec<u8> {
+    format!("{st_ino:016x}").into_bytes()
+}
+
+/// Split `/a/b/c` into (`/a/b`, `c`).
+pub fn split_last(p: &[u8]) -> (&[u8], &[u8]) {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&p[..i.max(1)], &p[i + 1..]),
+        None => (b"/", p),
+    }
+}
+
+/// Debug rendering of a byte name.
+pub fn bstr(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Create (or reuse) `name` under `dir`; when `empty` clear what is in it (leftovers of a
+/// crashed daemon: staging files are never valid state).
+fn prepare_subdir(dir: std::os::fd::BorrowedFd, name: &[u8], empty: bool) -> Result<OwnedFd> {
+    match sys::mkdirat(dir, name, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.is(libc::EEXIST) => {}
+        Err(e) => return Err(e.context("create work directory")),
+    }
+    let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    if empty {
+        remove_contents(&fd)?;
+    }
+    Ok(fd)
+}
+
+/// Remove everything inside the directory `fd` (not following symlinks).
+pub fn remove_contents(fd: &OwnedFd) -> Result<()> {
+    for e in sys::read_dir(fd.as_fd())? {
+        let st = match sys::fstatat(fd.as_fd(), &e.name) {
+            Ok(st) => st,
+            Err(_) => continue,
+        };
+        if st.is_dir() {
+            let sub = sys::openat(fd.as_fd(), &e.name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            remove_contents(&sub)?;
+            drop(sub);
+            sys::unlinkat(fd.as_fd(), &e.name, true)?;
+        } else {
+            sys::unlinkat(fd.as_fd(), &e.name, false)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_paths() {
+        assert_eq!(split_last(b"/a/b"), (&b"/a"[..], &b"b"[..]));
+        assert_eq!(split_last(b"/a"), (&b"/"[..], &b"a"[..]));
+        assert_eq!(join(b"/", b"x"), b"/x".to_vec());
+        assert_eq!(join(b"/a", b"x"), b"/a/x".to_vec());
+    }
+}

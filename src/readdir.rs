@@ -1,0 +1,140 @@
+//! Merged directory listing (the kernel's readdir.c): entries of the upper and every lower
+//! directory of the stack, top first, without duplicates, whiteouts or overlay metadata
+//! names, each with the same inode number that lookup/stat gives.
+
+use crate::error::Result;
+use crate::inode::Node;
+use crate::overlay::{Lookup, Overlay};
+use crate::sys;
+use crate::whiteout::{self, OpaqueValue};
+use std::collections::HashSet;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    /// S_IFMT bits.
+    pub kind: u32,
+}
+
+fn dtype_to_kind(d: u8) -> Option<u32> {
+    Some(match d {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_BLK => libc::S_IFBLK,
+        libc::DT_CHR => libc::S_IFCHR,
+        _ => return None,
+    })
+}
+
+impl Overlay {
+    /// The union's entries of directory `node` (without `.`/`..`). With `first_only`, stops
+    /// at the first visible entry (emptiness checks).
+    pub fn merged_entries(&self, node: &Arc<Node>, first_only: bool) -> Result<Vec<DirEntry>> {
+        let (upper, lowers) = {
+            let s = node.s.lock();
+            (s.upper_dir.clone(), s.lowers.clone())
+        };
+        let mut dirs: Vec<(Arc<OwnedFd>, bool)> = Vec::new();
+        if let Some(u) = upper {
+            dirs.push((u, true));
+        }
+        for l in lowers {
+            dirs.push((l.fd, false));
+        }
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut hidden: HashSet<Vec<u8>> = HashSet::new();
+        let mut out = Vec::new();
+        for (fd, is_upper) in dirs {
+            let xwh = self.dir_opaque(&fd) == OpaqueValue::XWhiteouts;
+            let layer_dev = sys::fstat(fd.as_fd())?.dev;
+            let mut layer_wh: Vec<Vec<u8>> = Vec::new();
+            for e in sys::read_dir(fd.as_fd())? {
+                if let Some(t) = whiteout::whiteout_target(&e.name) {
+                    layer_wh.push(t.to_vec());
+                    continue;
+                }
+                if whiteout::is_hidden_name(&e.name) {
+                    continue;
+                }
+                if seen.contains(&e.name) || hidden.contains(&e.name) {
+                    continue;
+                }
+                let mut kind = dtype_to_kind(e.dtype);
+                let need_stat = kind.is_none()
+                    || kind == Some(libc::S_IFCHR)
+                    || (xwh && kind == Some(libc::S_IFREG));
+                if need_stat {
+                    let st = match sys::fstatat(fd.as_fd(), &e.name) {
+                        Ok(st) => st,
+                        Err(_) => continue, // vanished
+                    };
+                    if whiteout::is_whiteout_stat(&st) {
+                        layer_wh.push(e.name.clone());
+                        continue;
+                    }
+                    if xwh && st.is_reg() && st.size == 0 {
+                        let is_xwh = whiteout::XWHITEOUT_XATTRS
+                            .iter()
+                            .any(|x| matches!(sys::getxattr(fd.as_fd(), &e.name, x), Ok(Some(_))));
+                        if is_xwh {
+                            layer_wh.push(e.name.clone());
+                            continue;
+                        }
+                    }
+                    kind = Some(st.kind());
+                }
+                let kind = kind.unwrap_or(libc::S_IFREG);
+                seen.insert(e.name.clone());
+                // Inode number: objects that appear first in a lower layer take that
+                // layer's number (as lookup does); upper objects may carry an origin, so
+                // they go through the full lookup.
+                let ino = if is_upper {
+                    match self.resolve(node, &e.name) {
+                        Ok(Lookup::Found(f)) => f.st_ino,
+                        _ => continue,
+                    }
+                } else {
+                    self.layers.compose_ino(layer_dev, e.ino)
+                };
+                out.push(DirEntry {
+                    name: e.name,
+                    ino,
+                    kind,
+                });
+                if first_only {
+                    return Ok(out);
+                }
+            }
+            hidden.extend(layer_wh);
+        }
+        Ok(out)
+    }
+
+    /// Snapshot of a directory for one open directory stream: `.`, `..`, then the union.
+    pub fn dir_snapshot(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {
+        let _g = self.tree.read();
+        let mut v = Vec::new();
+        v.push(DirEntry {
+            name: b".".to_vec(),
+            ino: node.st_ino,
+            kind: libc::S_IFDIR,
+        });
+        let parent_ino = node
+            .primary()
+            .map(|(p, _)| p.st_ino)
+            .unwrap_or(node.st_ino);
+        v.push(DirEntry {
+            name: b"..".to_vec(),
+            ino: parent_ino,
+            kind: libc::S_IFDIR,
+        });
+        v.extend(self.merged_entries(node, false)?);
+        Ok(v)
+    }
+}
