@@ -36,7 +36,9 @@ impl Drop for Staged<'_> {
     fn drop(&mut self) {
         if self.live {
             if self.is_dir {
-                if let Ok(fd) = sys::openat(self.work, &self.name, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                if let Ok(fd) =
+                    sys::openat(self.work, &self.name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                {
                     let _ = crate::overlay::remove_contents(&fd);
                 }
             }
@@ -72,7 +74,10 @@ impl Overlay {
                 // The upper fs may not take every namespace (e.g. security.* labels, or
                 // trusted.* rootless); the kernel copy-up skips EOPNOTSUPP too.
                 if e.is(libc::EOPNOTSUPP) || (e.is(libc::EPERM) && x.starts_with(b"trusted.")) {
-                    log::debug!("copy-up: xattr {} not copied: {e}", crate::overlay::bstr(&x));
+                    log::debug!(
+                        "copy-up: xattr {} not copied: {e}",
+                        crate::overlay::bstr(&x)
+                    );
                     continue;
                 }
                 return Err(e.context(format!("copy-up xattr {}", crate::overlay::bstr(&x))));
@@ -96,8 +101,14 @@ impl Overlay {
     }
 
     fn set_origin(&self, dir: BorrowedFd, name: &[u8], st_ino: u64) -> Result<()> {
-        sys::setxattr(dir, name, self.origin_xattr(), st_ino.to_string().as_bytes(), 0)
-            .map_err(|e| e.context("set origin xattr"))
+        sys::setxattr(
+            dir,
+            name,
+            self.origin_xattr(),
+            st_ino.to_string().as_bytes(),
+            0,
+        )
+        .map_err(|e| e.context("set origin xattr"))
     }
 
     /// Make sure directory `node` has an upper directory; returns it.
@@ -112,8 +123,15 @@ impl Overlay {
         }
         let (parent, name, lower_fd) = {
             let s = node.s.lock();
-            let p = s.parent.clone().ok_or_else(|| Error::from_errno(libc::EIO))?;
-            let l = s.lowers.first().map(|l| l.fd.clone()).ok_or_else(|| Error::from_errno(libc::EIO))?;
+            let p = s
+                .parent
+                .clone()
+                .ok_or_else(|| Error::from_errno(libc::EIO))?;
+            let l = s
+                .lowers
+                .first()
+                .map(|l| l.fd.clone())
+                .ok_or_else(|| Error::from_errno(libc::EIO))?;
             (p, s.name.clone(), l)
         };
         let pup = self.copy_up_dir(&parent)?;
@@ -131,11 +149,22 @@ impl Overlay {
         self.copy_xattrs(lower_fd.as_fd(), b"", work.as_fd(), &tmp)?;
         self.set_origin(work.as_fd(), &tmp, node.st_ino)?;
         self.copy_meta(work.as_fd(), &tmp, &st)?;
-        sys::renameat2(work.as_fd(), &tmp, pup.as_fd(), &name, sys::RENAME_NOREPLACE)
-            .map_err(|e| e.context(format!("copy-up dir {}", crate::overlay::bstr(&name))))?;
+        sys::renameat2(
+            work.as_fd(),
+            &tmp,
+            pup.as_fd(),
+            &name,
+            sys::RENAME_NOREPLACE,
+        )
+        .map_err(|e| e.context(format!("copy-up dir {}", crate::overlay::bstr(&name))))?;
         staged.live = false;
         let fd = Arc::new(sys::open_subdir(pup.as_fd(), &name)?);
-        let _ = sys::utimensat(pup.as_fd(), b"", Some(Some(pst.atime)), Some(Some(pst.mtime)));
+        let _ = sys::utimensat(
+            pup.as_fd(),
+            b"",
+            Some(Some(pst.atime)),
+            Some(Some(pst.mtime)),
+        );
         node.s.lock().upper_dir = Some(fd.clone());
         self.counters.copy_ups.fetch_add(1, Ordering::Relaxed);
         Ok(fd)
@@ -156,8 +185,14 @@ impl Overlay {
             if s.in_upper {
                 return Ok(());
             }
-            let p = s.parent.clone().ok_or_else(|| Error::from_errno(libc::EIO))?;
-            let l = s.lower.clone().ok_or_else(|| Error::from_errno(libc::EIO))?;
+            let p = s
+                .parent
+                .clone()
+                .ok_or_else(|| Error::from_errno(libc::EIO))?;
+            let l = s
+                .lower
+                .clone()
+                .ok_or_else(|| Error::from_errno(libc::EIO))?;
             (p, s.name.clone(), l, s.indexed)
         };
         let pup = self.copy_up_dir(&parent)?;
@@ -170,14 +205,21 @@ impl Overlay {
             let iname = index_name(node.st_ino);
             if !indexed {
                 let st = sys::fstatat(lower.dir.as_fd(), &lower.name)?;
-                let tmp = self.stage_copy(&work, &lower.dir, &lower.name, &st, node.st_ino, Data::Full)?;
+                let tmp =
+                    self.stage_copy(&work, &lower.dir, &lower.name, &st, node.st_ino, Data::Full)?;
                 let mut staged = Staged {
                     work: work.as_fd(),
                     name: tmp.clone(),
                     is_dir: false,
                     live: true,
                 };
-                match sys::renameat2(work.as_fd(), &tmp, index.as_fd(), &iname, sys::RENAME_NOREPLACE) {
+                match sys::renameat2(
+                    work.as_fd(),
+                    &tmp,
+                    index.as_fd(),
+                    &iname,
+                    sys::RENAME_NOREPLACE,
+                ) {
                     Ok(()) => staged.live = false,
                     Err(e) if e.is(libc::EEXIST) => {}
                     Err(e) => return Err(e.context("copy-up into index")),
@@ -194,16 +236,69 @@ impl Overlay {
                 is_dir: false,
                 live: true,
             };
-            sys::renameat2(work.as_fd(), &tmp, pup.as_fd(), &name, sys::RENAME_NOREPLACE)
-                .map_err(|e| e.context(format!("copy-up {}", crate::overlay::bstr(&name))))?;
+            sys::renameat2(
+                work.as_fd(),
+                &tmp,
+                pup.as_fd(),
+                &name,
+                sys::RENAME_NOREPLACE,
+            )
+            .map_err(|e| e.context(format!("copy-up {}", crate::overlay::bstr(&name))))?;
             staged.live = false;
         }
-        let _ = sys::utimensat(pup.as_fd(), b"", Some(Some(pst.atime)), Some(Some(pst.mtime)));
+        let _ = sys::utimensat(
+            pup.as_fd(),
+            b"",
+            Some(Some(pst.atime)),
+            Some(Some(pst.mtime)),
+        );
         let mut s = node.s.lock();
         s.in_upper = true;
         s.indexed = false;
         self.counters.copy_ups.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Make the specific name (parent, name) of a non-directory exist in the upper: copy the
+    /// object up under that name, or, when another name of the same (hard-linked) object is
+    /// already in the upper, link that one (no data copy).
+    pub fn copy_up_name(
+        &self,
+        node: &Arc<Node>,
+        parent: &Arc<Node>,
+        name: &[u8],
+        name_in_upper: bool,
+    ) -> Result<()> {
+        if name_in_upper || node.is_dir() {
+            return self.copy_up(node, Data::Full);
+        }
+        {
+            let mut s = node.s.lock();
+            let is_primary = s
+                .parent
+                .as_ref()
+                .map(|p| p.id == parent.id)
+                .unwrap_or(false)
+                && s.name == name;
+            if !s.in_upper && !is_primary {
+                // Not in the upper under any name: make this name the primary one.
+                s.aliases
+                    .retain(|(p, n)| !(p.id == parent.id && n.as_slice() == name));
+                if let Some(old) = s.parent.take() {
+                    let old_name = std::mem::take(&mut s.name);
+                    s.aliases.push((old, old_name));
+                }
+                s.parent = Some(parent.clone());
+                s.name = name.to_vec();
+            }
+        }
+        if !node.s.lock().in_upper {
+            return self.copy_up(node, Data::Full);
+        }
+        let (sdir, sname) = self.upper_loc(node)?;
+        let pup = self.copy_up_dir(parent)?;
+        sys::linkat(sdir.as_fd(), &sname, pup.as_fd(), name)
+            .map_err(|e| e.context("link-up of hard link alias"))
     }
 
     /// Build a complete copy of (sdir, sname) in the work dir; returns its staging name.
@@ -226,7 +321,12 @@ impl Overlay {
         };
         match st.kind() {
             libc::S_IFREG => {
-                let dst = sys::openat(w, &tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?;
+                let dst = sys::openat(
+                    w,
+                    &tmp,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )?;
                 staged.live = true;
                 let limit = match data {
                     Data::Full => st.size,
@@ -305,7 +405,12 @@ fn copy_range(src: &OwnedFd, dst: &OwnedFd, mut off: u64, mut len: u64) -> Resul
                 off += n as u64;
                 len -= n as u64;
             }
-            Err(e) if e.is(libc::EXDEV) || e.is(libc::ENOSYS) || e.is(libc::EOPNOTSUPP) || e.is(libc::EINVAL) => {
+            Err(e)
+                if e.is(libc::EXDEV)
+                    || e.is(libc::ENOSYS)
+                    || e.is(libc::EOPNOTSUPP)
+                    || e.is(libc::EINVAL) =>
+            {
                 return copy_range_rw(src, dst, off, len);
             }
             Err(e) => return Err(e),

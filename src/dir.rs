@@ -56,7 +56,9 @@ impl Overlay {
             match sys::mknodat(pup, name, libc::S_IFCHR, 0) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is(libc::EPERM) || e.is(libc::EOPNOTSUPP) || e.is(libc::EINVAL) => {
-                    log::warn!("char 0/0 whiteouts refused ({e}): using .wh.NAME files from now on");
+                    log::warn!(
+                        "char 0/0 whiteouts refused ({e}): using .wh.NAME files from now on"
+                    );
                     self.chardev_whiteouts.store(false, Ordering::Relaxed);
                 }
                 Err(e) => return Err(e),
@@ -81,7 +83,14 @@ impl Overlay {
         Ok(())
     }
 
-    fn chown_new(&self, dir: BorrowedFd, name: &[u8], pup: &OwnedFd, who: Caller, is_dir: bool) -> Result<()> {
+    fn chown_new(
+        &self,
+        dir: BorrowedFd,
+        name: &[u8],
+        pup: &OwnedFd,
+        who: Caller,
+        is_dir: bool,
+    ) -> Result<()> {
         let pst = sys::fstat(pup.as_fd())?;
         let sgid = pst.mode & libc::S_ISGID != 0;
         let gid = if sgid { pst.gid } else { who.gid };
@@ -140,7 +149,11 @@ impl Overlay {
     ) -> Result<(Arc<Node>, Attr)> {
         self.check_writable()?;
         if !whiteout::valid_new_name(name) {
-            return err(if whiteout::is_hidden_name(name) { libc::EPERM } else { libc::EINVAL });
+            return err(if whiteout::is_hidden_name(name) {
+                libc::EPERM
+            } else {
+                libc::EINVAL
+            });
         }
         let _g = self.tree.write();
         let p = self.node(parent)?;
@@ -171,11 +184,23 @@ impl Overlay {
                             sys::renameat2(work.as_fd(), &tmp, pup.as_fd(), name, 0)
                         }
                         (UpperWhiteout::CharDev, true) => {
-                            sys::renameat2(work.as_fd(), &tmp, pup.as_fd(), name, sys::RENAME_EXCHANGE)?;
+                            sys::renameat2(
+                                work.as_fd(),
+                                &tmp,
+                                pup.as_fd(),
+                                name,
+                                sys::RENAME_EXCHANGE,
+                            )?;
                             sys::unlinkat(work.as_fd(), &tmp, false)
                         }
                         _ => {
-                            sys::renameat2(work.as_fd(), &tmp, pup.as_fd(), name, sys::RENAME_NOREPLACE)?;
+                            sys::renameat2(
+                                work.as_fd(),
+                                &tmp,
+                                pup.as_fd(),
+                                name,
+                                sys::RENAME_NOREPLACE,
+                            )?;
                             sys::unlinkat(pup.as_fd(), &whiteout::whiteout_name(name), false)
                         }
                     }
@@ -228,10 +253,18 @@ impl Overlay {
 
     /// Remove `name` from the upper directory, leaving a whiteout when a lower layer has
     /// something by that name.
-    fn remove_upper_entry(&self, pup: &OwnedFd, name: &[u8], lower_present: bool, is_dir: bool) -> Result<()> {
+    fn remove_upper_entry(
+        &self,
+        pup: &OwnedFd,
+        name: &[u8],
+        lower_present: bool,
+        is_dir: bool,
+    ) -> Result<()> {
         if !lower_present {
             if is_dir {
-                if let Ok(fd) = sys::openat(pup.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                if let Ok(fd) =
+                    sys::openat(pup.as_fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                {
                     crate::overlay::remove_contents(&fd)?;
                 }
             }
@@ -254,7 +287,9 @@ impl Overlay {
             match swapped {
                 Ok(()) => {
                     if is_dir {
-                        if let Ok(fd) = sys::openat(work.as_fd(), &tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                        if let Ok(fd) =
+                            sys::openat(work.as_fd(), &tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                        {
                             crate::overlay::remove_contents(&fd)?;
                         }
                     }
@@ -362,7 +397,14 @@ impl Overlay {
         Ok(())
     }
 
-    pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
         self.check_writable()?;
         if flags & !(sys::RENAME_NOREPLACE | sys::RENAME_EXCHANGE) != 0 {
             return err(libc::EINVAL);
@@ -371,7 +413,11 @@ impl Overlay {
             return err(libc::EINVAL);
         }
         if !whiteout::valid_new_name(newname) {
-            return err(if whiteout::is_hidden_name(newname) { libc::EPERM } else { libc::EINVAL });
+            return err(if whiteout::is_hidden_name(newname) {
+                libc::EPERM
+            } else {
+                libc::EINVAL
+            });
         }
         let _g = self.tree.write();
         let p = self.node(parent)?;
@@ -407,15 +453,24 @@ impl Overlay {
         let src_lower_present = src.lower_present;
         let src_has_lowers = !src.lowers.is_empty();
         let src_has_redirect = src.has_redirect;
+        let src_in_upper = src.in_upper;
         let src_lower_path = src.lower_path.clone();
         let snode = self.temp_node(&p, name, *src);
+        let dst_in_upper = dst.as_ref().map(|d| d.in_upper).unwrap_or(false);
         let dinfo = dst.map(|d| {
             let is_dir = d.st.is_dir();
             let lp = d.lower_present;
             let has_lowers = !d.lowers.is_empty();
             let redirect = d.has_redirect;
             let lpath = d.lower_path.clone();
-            (self.temp_node(&np, newname, *d), is_dir, lp, has_lowers, redirect, lpath)
+            (
+                self.temp_node(&np, newname, *d),
+                is_dir,
+                lp,
+                has_lowers,
+                redirect,
+                lpath,
+            )
         });
         if let Some((dn, true, ..)) = &dinfo {
             if flags & sys::RENAME_EXCHANGE == 0 && !self.union_is_empty(dn)? {
@@ -430,7 +485,7 @@ impl Overlay {
         if src_is_dir {
             self.copy_up_dir(&snode)?;
         } else {
-            self.copy_up(&snode, Data::Full)?;
+            self.copy_up_name(&snode, &p, name, src_in_upper)?;
         }
 
         if flags & sys::RENAME_EXCHANGE != 0 {
@@ -438,7 +493,7 @@ impl Overlay {
             if d_is_dir {
                 self.copy_up_dir(&dn)?;
             } else {
-                self.copy_up(&dn, Data::Full)?;
+                self.copy_up_name(&dn, &np, newname, dst_in_upper)?;
             }
             if src_is_dir && src_has_lowers && !src_has_redirect {
                 self.set_redirect(&snode, &src_lower_path)?;
@@ -446,7 +501,13 @@ impl Overlay {
             if d_is_dir && d_has_lowers && !d_redirect {
                 self.set_redirect(&dn, &d_lpath)?;
             }
-            sys::renameat2(pup.as_fd(), name, npup.as_fd(), newname, sys::RENAME_EXCHANGE)?;
+            sys::renameat2(
+                pup.as_fd(),
+                name,
+                npup.as_fd(),
+                newname,
+                sys::RENAME_EXCHANGE,
+            )?;
             self.move_name(&snode, &p, name, &np, newname);
             self.move_name(&dn, &np, newname, &p, name);
             return Ok(());
@@ -464,7 +525,12 @@ impl Overlay {
                     self.set_redirect(&snode, &src_lower_path)?;
                 }
             } else if dst_lower {
-                let d = snode.s.lock().upper_dir.clone().ok_or_else(|| Error::from_errno(libc::EIO))?;
+                let d = snode
+                    .s
+                    .lock()
+                    .upper_dir
+                    .clone()
+                    .ok_or_else(|| Error::from_errno(libc::EIO))?;
                 self.set_opaque(d.as_fd(), b"")?;
             }
         }
@@ -479,7 +545,13 @@ impl Overlay {
             UpperWhiteout::CharDev if src_is_dir => {
                 // A directory cannot replace the whiteout: swap them, and the whiteout lands
                 // on the old name, which is what that name needs if lower content is there.
-                sys::renameat2(pup.as_fd(), name, npup.as_fd(), newname, sys::RENAME_EXCHANGE)?;
+                sys::renameat2(
+                    pup.as_fd(),
+                    name,
+                    npup.as_fd(),
+                    newname,
+                    sys::RENAME_EXCHANGE,
+                )?;
                 if !need_wh_at_old {
                     sys::unlinkat(pup.as_fd(), name, false)?;
                 }
@@ -488,13 +560,22 @@ impl Overlay {
             _ => {
                 let mut done = false;
                 if need_wh_at_old && self.chardev_whiteouts.load(Ordering::Relaxed) {
-                    match sys::renameat2(pup.as_fd(), name, npup.as_fd(), newname, sys::RENAME_WHITEOUT) {
+                    match sys::renameat2(
+                        pup.as_fd(),
+                        name,
+                        npup.as_fd(),
+                        newname,
+                        sys::RENAME_WHITEOUT,
+                    ) {
                         Ok(()) => {
                             done = true;
                             need_wh_at_old = false;
                             self.counters.whiteouts.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) if e.is(libc::EINVAL) || e.is(libc::EPERM) || e.is(libc::EOPNOTSUPP) => {}
+                        Err(e)
+                            if e.is(libc::EINVAL)
+                                || e.is(libc::EPERM)
+                                || e.is(libc::EOPNOTSUPP) => {}
                         Err(e) => return Err(e),
                     }
                 }
@@ -521,7 +602,12 @@ impl Overlay {
     }
 
     fn set_redirect(&self, node: &Arc<Node>, lower_path: &[u8]) -> Result<()> {
-        let d = node.s.lock().upper_dir.clone().ok_or_else(|| Error::from_errno(libc::EIO))?;
+        let d = node
+            .s
+            .lock()
+            .upper_dir
+            .clone()
+            .ok_or_else(|| Error::from_errno(libc::EIO))?;
         sys::setxattr(d.as_fd(), b"", &self.ovl_xattr("redirect"), lower_path, 0)?;
         let mut s = node.s.lock();
         s.has_redirect = true;
@@ -529,7 +615,14 @@ impl Overlay {
         Ok(())
     }
 
-    fn move_name(&self, node: &Arc<Node>, from: &Arc<Node>, fname: &[u8], to: &Arc<Node>, tname: &[u8]) {
+    fn move_name(
+        &self,
+        node: &Arc<Node>,
+        from: &Arc<Node>,
+        fname: &[u8],
+        to: &Arc<Node>,
+        tname: &[u8],
+    ) {
         let mut s = node.s.lock();
         let is_primary = s
             .parent

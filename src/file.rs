@@ -159,7 +159,12 @@ impl Overlay {
     /// true (buffer full). Position 0 (a new stream or rewinddir) refreshes the snapshot, so
     /// changes made since opendir become visible as POSIX asks; otherwise the snapshot keeps
     /// offsets stable while the directory changes.
-    pub fn readdir(&self, fh: u64, off: u64, mut add: impl FnMut(u64, &DirEntry) -> bool) -> Result<()> {
+    pub fn readdir(
+        &self,
+        fh: u64,
+        off: u64,
+        mut add: impl FnMut(u64, &DirEntry) -> bool,
+    ) -> Result<()> {
         let h = self.handle(fh)?;
         let HandleKind::Dir(entries) = &h.kind else {
             return err(libc::ENOTDIR);

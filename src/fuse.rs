@@ -8,10 +8,10 @@ use crate::error::Error;
 use crate::overlay::{Attr, Overlay};
 use crate::sys;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -218,14 +218,30 @@ impl Filesystem for Fs {
                 rdev: rdev as u64,
             }
         };
-        self.entry(reply, self.ov.create_object(parent.0, name.as_bytes(), kind, caller(req)))
-    }
-
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         self.entry(
             reply,
             self.ov
-                .create_object(parent.0, name.as_bytes(), NewKind::Dir { mode }, caller(req)),
+                .create_object(parent.0, name.as_bytes(), kind, caller(req)),
+        )
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            self.ov.create_object(
+                parent.0,
+                name.as_bytes(),
+                NewKind::Dir { mode },
+                caller(req),
+            ),
         )
     }
 
@@ -237,11 +253,22 @@ impl Filesystem for Fs {
         self.empty(reply, "rmdir", self.ov.rmdir(parent.0, name.as_bytes()))
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let kind = NewKind::Symlink {
             target: target.as_os_str().as_bytes().to_vec(),
         };
-        self.entry(reply, self.ov.create_object(parent.0, link_name.as_bytes(), kind, caller(req)))
+        self.entry(
+            reply,
+            self.ov
+                .create_object(parent.0, link_name.as_bytes(), kind, caller(req)),
+        )
     }
 
     fn rename(
@@ -257,12 +284,24 @@ impl Filesystem for Fs {
         self.empty(
             reply,
             "rename",
-            self.ov
-                .rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()),
+            self.ov.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.bits(),
+            ),
         )
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.entry(reply, self.ov.link(ino.0, newparent.0, newname.as_bytes()))
     }
 
@@ -311,7 +350,14 @@ impl Filesystem for Fs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -329,7 +375,14 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.empty(reply, "fsync", self.ov.fsync(fh.0, datasync))
     }
 
@@ -340,9 +393,21 @@ impl Filesystem for Fs {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let r = self.ov.readdir(fh.0, offset, |next, e| {
-            reply.add(INodeNo(e.ino), next, file_type(e.kind), OsStr::from_bytes(&e.name))
+            reply.add(
+                INodeNo(e.ino),
+                next,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            )
         });
         match r {
             Ok(()) => reply.ok(),
@@ -350,18 +415,34 @@ impl Filesystem for Fs {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.ov.release(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.ov.statfs() {
-            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -376,7 +457,11 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.empty(reply, "setxattr", self.ov.setxattr(ino.0, name.as_bytes(), value, flags))
+        self.empty(
+            reply,
+            "setxattr",
+            self.ov.setxattr(ino.0, name.as_bytes(), value, flags),
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -397,7 +482,11 @@ impl Filesystem for Fs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(reply, "removexattr", self.ov.removexattr(ino.0, name.as_bytes()))
+        self.empty(
+            reply,
+            "removexattr",
+            self.ov.removexattr(ino.0, name.as_bytes()),
+        )
     }
 
     fn create(
@@ -410,10 +499,19 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.ov.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
+        match self
+            .ov
+            .create(parent.0, name.as_bytes(), mode, flags, caller(req))
+        {
             Ok((node, attr, fh)) => {
                 let generation = node.generation.load(std::sync::atomic::Ordering::Relaxed);
-                reply.created(&self.ttl, &file_attr(&attr), Generation(generation), FileHandle(fh), FopenFlags::empty())
+                reply.created(
+                    &self.ttl,
+                    &file_attr(&attr),
+                    Generation(generation),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
             }
             Err(e) => {
                 log::debug!("create: {e}");
@@ -432,10 +530,22 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.empty(reply, "fallocate", self.ov.fallocate(fh.0, offset, length, mode))
+        self.empty(
+            reply,
+            "fallocate",
+            self.ov.fallocate(fh.0, offset, length, mode),
+        )
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.ov.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(&e)),

@@ -78,7 +78,11 @@ impl Layers {
     /// when every layer shares one filesystem, else the fs id in the high bits (like the
     /// kernel's xino). Never 0 or 1 (1 is FUSE's root node id).
     pub fn compose_ino(&self, dev: u64, ino: u64) -> u64 {
-        let fsid = self.devs.iter().position(|&d| d == dev).unwrap_or(self.devs.len()) as u64;
+        let fsid = self
+            .devs
+            .iter()
+            .position(|&d| d == dev)
+            .unwrap_or(self.devs.len()) as u64;
         let mut v = if self.devs.len() <= 1 {
             ino
         } else if ino < (1u64 << INO_BITS) {

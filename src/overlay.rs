@@ -107,7 +107,11 @@ impl Overlay {
     pub fn new(opts: &Options) -> Result<Overlay> {
         sys::raise_nofile_limit();
         let read_only = opts.upperdir.is_none() || opts.ro;
-        let upper = if opts.ro { None } else { opts.upperdir.as_deref() };
+        let upper = if opts.ro {
+            None
+        } else {
+            opts.upperdir.as_deref()
+        };
         let layers = Layers::open(upper, &opts.lowerdirs, opts.ino32)?;
         let (work, index) = match (&layers.upper, &opts.workdir) {
             (Some(_), Some(w)) => {
@@ -193,7 +197,10 @@ impl Overlay {
             }
         }
         let st_ino = {
-            let fd = upper_dir.as_ref().map(|f| f.clone()).unwrap_or(lowers[0].fd.clone());
+            let fd = upper_dir
+                .as_ref()
+                .map(|f| f.clone())
+                .unwrap_or(lowers[0].fd.clone());
             let st = sys::fstat(fd.as_fd())?;
             self.layers.compose_ino(st.dev, st.ino)
         };
@@ -240,7 +247,9 @@ impl Overlay {
     }
 
     pub fn work(&self) -> Result<&Arc<OwnedFd>> {
-        self.work.as_ref().ok_or_else(|| Error::from_errno(libc::EROFS))
+        self.work
+            .as_ref()
+            .ok_or_else(|| Error::from_errno(libc::EROFS))
     }
 
     pub fn check_writable(&self) -> Result<()> {
@@ -302,7 +311,10 @@ impl Overlay {
     fn read_origin(&self, dir: &OwnedFd, name: &[u8]) -> Option<u64> {
         for x in [&b"trusted.layerfs.origin"[..], b"user.layerfs.origin"] {
             if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
-                if let Some(n) = std::str::from_utf8(&v).ok().and_then(|s| s.trim().parse().ok()) {
+                if let Some(n) = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
                     return Some(n);
                 }
             }
@@ -687,7 +699,10 @@ impl Overlay {
                 .map(|d| (d, Vec::new()))
                 .ok_or_else(|| Error::from_errno(libc::EIO));
         }
-        let parent = s.parent.clone().ok_or_else(|| Error::from_errno(libc::EIO))?;
+        let parent = s
+            .parent
+            .clone()
+            .ok_or_else(|| Error::from_errno(libc::EIO))?;
         let name = s.name.clone();
         drop(s);
         let pu = parent.s.lock().upper_dir.clone();

@@ -125,10 +125,7 @@ impl Overlay {
             ino: node.st_ino,
             kind: libc::S_IFDIR,
         });
-        let parent_ino = node
-            .primary()
-            .map(|(p, _)| p.st_ino)
-            .unwrap_or(node.st_ino);
+        let parent_ino = node.primary().map(|(p, _)| p.st_ino).unwrap_or(node.st_ino);
         v.push(DirEntry {
             name: b"..".to_vec(),
             ino: parent_ino,

@@ -34,7 +34,9 @@ fn check_size(ret: libc::ssize_t) -> Result<usize> {
 }
 
 pub fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Retry a syscall on EINTR.
@@ -109,7 +111,9 @@ pub fn fstatat(dir: Fd, name: &[u8]) -> Result<Stat> {
         libc::AT_SYMLINK_NOFOLLOW
     };
     let c = cstr(name)?;
-    retry(|| check(unsafe { libc::fstatat64(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), flags) }))?;
+    retry(|| {
+        check(unsafe { libc::fstatat64(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), flags) })
+    })?;
     Ok(Stat::from_raw(unsafe { &st.assume_init() }))
 }
 
@@ -378,9 +382,19 @@ pub fn getxattr(dir: Fd, name: &[u8], attr: &[u8]) -> Result<Option<Vec<u8>>> {
     loop {
         let r = unsafe {
             if follow {
-                libc::getxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len())
+                libc::getxattr(
+                    p.as_ptr(),
+                    a.as_ptr(),
+                    buf.as_mut_ptr() as *mut _,
+                    buf.len(),
+                )
             } else {
-                libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len())
+                libc::lgetxattr(
+                    p.as_ptr(),
+                    a.as_ptr(),
+                    buf.as_mut_ptr() as *mut _,
+                    buf.len(),
+                )
             }
         };
         if r >= 0 {
@@ -430,9 +444,21 @@ pub fn setxattr(dir: Fd, name: &[u8], attr: &[u8], value: &[u8], flags: i32) -> 
     retry(|| {
         check(unsafe {
             if follow {
-                libc::setxattr(p.as_ptr(), a.as_ptr(), value.as_ptr() as *const _, value.len(), flags)
+                libc::setxattr(
+                    p.as_ptr(),
+                    a.as_ptr(),
+                    value.as_ptr() as *const _,
+                    value.len(),
+                    flags,
+                )
             } else {
-                libc::lsetxattr(p.as_ptr(), a.as_ptr(), value.as_ptr() as *const _, value.len(), flags)
+                libc::lsetxattr(
+                    p.as_ptr(),
+                    a.as_ptr(),
+                    value.as_ptr() as *const _,
+                    value.len(),
+                    flags,
+                )
             }
         })
     })
@@ -529,7 +555,10 @@ pub fn read_dir_each(fd: Fd, mut f: impl FnMut(RawDirent) -> bool) -> Result<()>
             let reclen = u16::from_ne_bytes(rec[16..18].try_into().unwrap()) as usize;
             let dtype = rec[18];
             let name_area = &rec[19..reclen];
-            let len = name_area.iter().position(|&b| b == 0).unwrap_or(name_area.len());
+            let len = name_area
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_area.len());
             let name = &name_area[..len];
             off += reclen;
             if name == b"." || name == b".." {
@@ -549,7 +578,12 @@ pub fn read_dir_each(fd: Fd, mut f: impl FnMut(RawDirent) -> bool) -> Result<()>
 pub fn pread(fd: Fd, buf: &mut [u8], off: u64) -> Result<usize> {
     retry(|| {
         check_size(unsafe {
-            libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), off as i64)
+            libc::pread64(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut _,
+                buf.len(),
+                off as i64,
+            )
         })
     })
 }
@@ -557,7 +591,12 @@ pub fn pread(fd: Fd, buf: &mut [u8], off: u64) -> Result<usize> {
 pub fn pwrite(fd: Fd, buf: &[u8], off: u64) -> Result<usize> {
     retry(|| {
         check_size(unsafe {
-            libc::pwrite64(fd.as_raw_fd(), buf.as_ptr() as *const _, buf.len(), off as i64)
+            libc::pwrite64(
+                fd.as_raw_fd(),
+                buf.as_ptr() as *const _,
+                buf.len(),
+                off as i64,
+            )
         })
     })
 }
@@ -633,7 +672,14 @@ pub fn flock(fd: Fd, op: i32) -> Result<()> {
 /// POSIX record lock on the real file: F_OFD_* so locks belong to the open file (one per
 /// FUSE handle), which matches the kernel's per-owner semantics closely enough for a
 /// single daemon.
-pub fn fcntl_lock(fd: Fd, cmd: i32, typ: i32, start: u64, end: u64, pid: i32) -> Result<(i32, u64, u64, i32)> {
+pub fn fcntl_lock(
+    fd: Fd,
+    cmd: i32,
+    typ: i32,
+    start: u64,
+    end: u64,
+    pid: i32,
+) -> Result<(i32, u64, u64, i32)> {
     let len = if end == u64::MAX || end < start {
         0
     } else {

@@ -81,7 +81,10 @@ pub fn parse_redirect(value: &[u8]) -> Option<Redirect> {
         return None;
     }
     if let Some(abs) = v.strip_prefix(b"/") {
-        let comps: Vec<&[u8]> = abs.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        let comps: Vec<&[u8]> = abs
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
         if comps.iter().any(|c| *c == b"." || *c == b"..") {
             return None;
         }
@@ -165,9 +168,18 @@ mod tests {
 
     #[test]
     fn redirects() {
-        assert_eq!(parse_redirect(b"/a/b"), Some(Redirect::Absolute(b"/a/b".to_vec())));
-        assert_eq!(parse_redirect(b"//a//b/"), Some(Redirect::Absolute(b"/a/b".to_vec())));
-        assert_eq!(parse_redirect(b"name"), Some(Redirect::Relative(b"name".to_vec())));
+        assert_eq!(
+            parse_redirect(b"/a/b"),
+            Some(Redirect::Absolute(b"/a/b".to_vec()))
+        );
+        assert_eq!(
+            parse_redirect(b"//a//b/"),
+            Some(Redirect::Absolute(b"/a/b".to_vec()))
+        );
+        assert_eq!(
+            parse_redirect(b"name"),
+            Some(Redirect::Relative(b"name".to_vec()))
+        );
         assert_eq!(parse_redirect(b"/a/../b"), None);
         assert_eq!(parse_redirect(b"a/b"), None);
         assert_eq!(parse_redirect(b".."), None);
@@ -186,7 +198,12 @@ mod tests {
         ] {
             assert!(is_private_xattr(n), "{:?}", n);
         }
-        for n in [&b"user.foo"[..], b"security.capability", b"system.posix_acl_access", b"trusted.foo"] {
+        for n in [
+            &b"user.foo"[..],
+            b"security.capability",
+            b"system.posix_acl_access",
+            b"trusted.foo",
+        ] {
             assert!(!is_private_xattr(n));
         }
     }
