@@ -107,14 +107,9 @@ impl Overlay {
     pub fn new(opts: &Options) -> Result<Overlay> {
         sys::raise_nofile_limit();
         let read_only = opts.upperdir.is_none() || opts.ro;
-        let upper = if opts.ro {
-            None
-        } else {
-            opts.upperdir.as_deref()
-        };
-        let layers = Layers::open(upper, &opts.lowerdirs, opts.ino32)?;
+        let layers = Layers::open(opts.upperdir.as_deref(), &opts.lowerdirs, opts.ino32)?;
         let (work, index) = match (&layers.upper, &opts.workdir) {
-            (Some(_), Some(w)) => {
+            (Some(_), Some(w)) if !read_only => {
                 let wfd = sys::open_dir_path(w)
                     .map_err(|e| e.context(format!("open workdir {}", w.display())))?;
                 let work = prepare_subdir(wfd.as_fd(), b"work", true)?;
@@ -308,7 +303,7 @@ impl Overlay {
         None
     }
 
-    fn read_origin(&self, dir: &OwnedFd, name: &[u8]) -> Option<u64> {
+    pub(crate) fn read_origin(&self, dir: &OwnedFd, name: &[u8]) -> Option<u64> {
         for x in [&b"trusted.layerfs.origin"[..], b"user.layerfs.origin"] {
             if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
                 if let Some(n) = std::str::from_utf8(&v)

@@ -94,11 +94,14 @@ impl Overlay {
                 // Inode number: objects that appear first in a lower layer take that
                 // layer's number (as lookup does); upper objects may carry an origin, so
                 // they go through the full lookup.
-                let ino = if is_upper {
+                let ino = if is_upper && kind == libc::S_IFDIR {
                     match self.resolve(node, &e.name) {
                         Ok(Lookup::Found(f)) => f.st_ino,
                         _ => continue,
                     }
+                } else if is_upper {
+                    self.read_origin(&fd, &e.name)
+                        .unwrap_or_else(|| self.layers.compose_ino(layer_dev, e.ino))
                 } else {
                     self.layers.compose_ino(layer_dev, e.ino)
                 };
