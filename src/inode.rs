@@ -15,6 +15,8 @@ pub struct LowerDir {
     /// Index into `Layers::lowers`.
     pub layer: usize,
     pub fd: Arc<OwnedFd>,
+    /// The directory is marked opaque=x: it may hold xattr whiteouts.
+    pub xwh: bool,
 }
 
 /// Where a lower non-directory lives: (layer, real parent dir, name).
@@ -38,6 +40,8 @@ pub struct NodeState {
     pub aliases: Vec<(Arc<Node>, Vec<u8>)>,
     /// Directories: the upper directory, once it exists.
     pub upper_dir: Option<Arc<OwnedFd>>,
+    /// Directories: the upper directory is marked opaque=x (may hold xattr whiteouts).
+    pub upper_xwh: bool,
     /// Non-directories: the object exists in the upper at (parent's upper dir, name).
     pub in_upper: bool,
     /// Directories: the lower directories merged below the upper, top first.

@@ -75,6 +75,7 @@ pub struct Found {
     pub st: Stat,
     pub st_ino: u64,
     pub upper_dir: Option<Arc<OwnedFd>>,
+    pub upper_xwh: bool,
     pub in_upper: bool,
     pub lowers: Vec<LowerDir>,
     pub lower: Option<LowerFile>,
@@ -183,13 +184,13 @@ impl Overlay {
         };
         let mut lowers = Vec::new();
         for (i, l) in self.layers.lowers.iter().enumerate() {
+            let fd = sys::dup(l.root.as_fd())?;
+            let xwh = self.dir_opaque(&fd) == OpaqueValue::XWhiteouts;
             lowers.push(LowerDir {
                 layer: i,
-                fd: Arc::new(sys::dup(l.root.as_fd())?),
+                fd: Arc::new(fd),
+                xwh,
             });
-            if i == 0 || upper_dir.is_some() {
-                // the kernel never treats the root as opaque; neither do we
-            }
         }
         let st_ino = {
             let fd = upper_dir
@@ -207,6 +208,10 @@ impl Overlay {
                 parent: None,
                 name: Vec::new(),
                 aliases: Vec::new(),
+                upper_xwh: upper_dir
+                    .as_ref()
+                    .map(|u| self.dir_opaque(u) == OpaqueValue::XWhiteouts)
+                    .unwrap_or(false),
                 upper_dir,
                 in_upper: self.layers.upper.is_some(),
                 lowers,
@@ -345,10 +350,11 @@ impl Overlay {
         if name.len() > 255 {
             return err(libc::ENAMETOOLONG);
         }
-        let (pupper, plowers, plower_path, pkind) = {
+        let (pupper, pupper_xwh, plowers, plower_path, pkind) = {
             let s = parent.s.lock();
             (
                 s.upper_dir.clone(),
+                s.upper_xwh,
                 s.lowers.clone(),
                 s.lower_path.clone(),
                 s.kind,
@@ -364,7 +370,7 @@ impl Overlay {
         let mut first_layer = 0usize;
 
         if let Some(u) = &pupper {
-            let pxwh = self.dir_opaque(u) == OpaqueValue::XWhiteouts;
+            let pxwh = pupper_xwh;
             match sys::fstatat(u.as_fd(), name) {
                 Ok(st) if self.is_whiteout(u, name, &st, pxwh) => return Ok(Lookup::WhitedOut),
                 Ok(st) => {
@@ -372,6 +378,7 @@ impl Overlay {
                         st,
                         st_ino: 0,
                         upper_dir: None,
+                        upper_xwh: false,
                         in_upper: true,
                         lowers: Vec::new(),
                         lower: None,
@@ -384,9 +391,13 @@ impl Overlay {
                     let origin = self.read_origin(u, name);
                     if st.is_dir() {
                         let fd = sys::open_subdir(u.as_fd(), name)?;
-                        if self.dir_opaque(&fd) == OpaqueValue::Yes {
-                            f.opaque = true;
-                            stop = true;
+                        match self.dir_opaque(&fd) {
+                            OpaqueValue::Yes => {
+                                f.opaque = true;
+                                stop = true;
+                            }
+                            OpaqueValue::XWhiteouts => f.upper_xwh = true,
+                            OpaqueValue::No => {}
                         }
                         match self.dir_redirect(&fd) {
                             Some(Redirect::Absolute(p)) => {
@@ -424,7 +435,7 @@ impl Overlay {
         while j < nlower && !stop {
             let layer = j;
             j += 1;
-            let (dirfd, ename): (Arc<OwnedFd>, Vec<u8>) = if let Some(p) = &target_abs {
+            let (dirfd, ename, xwh): (Arc<OwnedFd>, Vec<u8>, bool) = if let Some(p) = &target_abs {
                 let (dpath, base) = split_last(p);
                 if base.is_empty() {
                     continue;
@@ -434,16 +445,18 @@ impl Overlay {
                     dpath,
                     libc::O_RDONLY | libc::O_DIRECTORY,
                 ) {
-                    Ok(fd) => (Arc::new(fd), base.to_vec()),
+                    Ok(fd) => {
+                        let x = self.dir_opaque(&fd) == OpaqueValue::XWhiteouts;
+                        (Arc::new(fd), base.to_vec(), x)
+                    }
                     Err(_) => continue,
                 }
             } else {
                 match plowers.iter().find(|l| l.layer == layer) {
-                    Some(l) => (l.fd.clone(), target_rel.clone().unwrap_or_default()),
+                    Some(l) => (l.fd.clone(), target_rel.clone().unwrap_or_default(), l.xwh),
                     None => continue,
                 }
             };
-            let xwh = self.dir_opaque(&dirfd) == OpaqueValue::XWhiteouts;
             match sys::fstatat(dirfd.as_fd(), &ename) {
                 Ok(st) if self.is_whiteout(&dirfd, &ename, &st, xwh) => {
                     if found.is_none() {
@@ -459,6 +472,7 @@ impl Overlay {
                                 st,
                                 st_ino: self.layers.compose_ino(st.dev, st.ino),
                                 upper_dir: None,
+                                upper_xwh: false,
                                 in_upper: false,
                                 lowers: Vec::new(),
                                 lower: None,
@@ -472,7 +486,8 @@ impl Overlay {
                             };
                             if st.is_dir() {
                                 let fd = sys::open_subdir(dirfd.as_fd(), &ename)?;
-                                if self.dir_opaque(&fd) == OpaqueValue::Yes || wh_here {
+                                let op = self.dir_opaque(&fd);
+                                if op == OpaqueValue::Yes || wh_here {
                                     stop = true;
                                 }
                                 self.follow_lower_redirect(
@@ -484,6 +499,7 @@ impl Overlay {
                                 f.lowers.push(LowerDir {
                                     layer,
                                     fd: Arc::new(fd),
+                                    xwh: op == OpaqueValue::XWhiteouts,
                                 });
                             } else {
                                 f.lower = Some(LowerFile {
@@ -503,7 +519,8 @@ impl Overlay {
                                 if f.st_ino == 0 {
                                     f.st_ino = self.layers.compose_ino(st.dev, st.ino);
                                 }
-                                if self.dir_opaque(&fd) == OpaqueValue::Yes || wh_here {
+                                let op = self.dir_opaque(&fd);
+                                if op == OpaqueValue::Yes || wh_here {
                                     stop = true;
                                 }
                                 self.follow_lower_redirect(
@@ -515,6 +532,7 @@ impl Overlay {
                                 f.lowers.push(LowerDir {
                                     layer,
                                     fd: Arc::new(fd),
+                                    xwh: op == OpaqueValue::XWhiteouts,
                                 });
                             } else {
                                 if !f.st.is_dir() && !st.is_dir() && f.lower.is_none() {
@@ -601,6 +619,7 @@ impl Overlay {
             name: name.to_vec(),
             aliases: Vec::new(),
             upper_dir: f.upper_dir,
+            upper_xwh: f.upper_xwh,
             in_upper: f.in_upper,
             lowers: f.lowers,
             lower: f.lower,
@@ -628,6 +647,7 @@ impl Overlay {
                 s.name = name.to_vec();
                 if s.upper_dir.is_none() {
                     s.upper_dir = f.upper_dir;
+                    s.upper_xwh = f.upper_xwh;
                 }
                 if !s.has_redirect {
                     s.lowers = f.lowers;

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::inode::Node;
 use crate::overlay::{Lookup, Overlay};
 use crate::sys;
-use crate::whiteout::{self, OpaqueValue};
+use crate::whiteout;
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -36,22 +36,21 @@ impl Overlay {
     /// The union's entries of directory `node` (without `.`/`..`). With `first_only`, stops
     /// at the first visible entry (emptiness checks).
     pub fn merged_entries(&self, node: &Arc<Node>, first_only: bool) -> Result<Vec<DirEntry>> {
-        let (upper, lowers) = {
+        let (upper, upper_xwh, lowers) = {
             let s = node.s.lock();
-            (s.upper_dir.clone(), s.lowers.clone())
+            (s.upper_dir.clone(), s.upper_xwh, s.lowers.clone())
         };
-        let mut dirs: Vec<(Arc<OwnedFd>, bool)> = Vec::new();
+        let mut dirs: Vec<(Arc<OwnedFd>, bool, bool)> = Vec::new();
         if let Some(u) = upper {
-            dirs.push((u, true));
+            dirs.push((u, true, upper_xwh));
         }
         for l in lowers {
-            dirs.push((l.fd, false));
+            dirs.push((l.fd, false, l.xwh));
         }
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut hidden: HashSet<Vec<u8>> = HashSet::new();
         let mut out = Vec::new();
-        for (fd, is_upper) in dirs {
-            let xwh = self.dir_opaque(&fd) == OpaqueValue::XWhiteouts;
+        for (fd, is_upper, xwh) in dirs {
             let layer_dev = sys::fstat(fd.as_fd())?.dev;
             let mut layer_wh: Vec<Vec<u8>> = Vec::new();
             for e in sys::read_dir(fd.as_fd())? {
