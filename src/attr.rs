@@ -1,7 +1,8 @@
 //! setattr and xattrs (the kernel's inode.c and xattrs.c): copy up, then change the upper.
 
 use crate::copy_up::Data;
-use crate::error::{err, Result};
+use crate::error::{err, Error, Result};
+use crate::idmap::{format_override, OverrideStat};
 use crate::overlay::{Attr, Overlay};
 use crate::sys::{self, TimeSpec};
 use crate::whiteout;
@@ -44,14 +45,44 @@ impl Overlay {
                 }
             }
         }
-        if a.uid.is_some() || a.gid.is_some() {
-            sys::fchownat(dir.as_fd(), &name, a.uid, a.gid)?;
-        }
-        if let Some(mode) = a.mode {
-            if node.kind() == libc::S_IFLNK {
-                return err(libc::EOPNOTSUPP);
+        if let Some(x) = self.ids.override_xattr() {
+            if a.uid.is_some() || a.gid.is_some() || a.mode.is_some() {
+                // Owner and mode live in the override xattr, not in the inode.
+                let cur = self.attr_of(&node)?.st;
+                let o = OverrideStat {
+                    uid: a.uid.unwrap_or(cur.uid),
+                    gid: a.gid.unwrap_or(cur.gid),
+                    mode: a.mode.unwrap_or(cur.mode) & 0o7777,
+                    kind: Some(cur.kind()),
+                };
+                sys::setxattr(dir.as_fd(), &name, x, &format_override(&o), 0)?;
             }
-            sys::fchmodat(dir.as_fd(), &name, mode)?;
+        } else {
+            if a.uid.is_some() || a.gid.is_some() {
+                let uid = match a.uid {
+                    Some(u) => Some(
+                        self.ids
+                            .uid_to_host(u)
+                            .ok_or_else(|| Error::from_errno(libc::EINVAL))?,
+                    ),
+                    None => None,
+                };
+                let gid = match a.gid {
+                    Some(g) => Some(
+                        self.ids
+                            .gid_to_host(g)
+                            .ok_or_else(|| Error::from_errno(libc::EINVAL))?,
+                    ),
+                    None => None,
+                };
+                sys::fchownat(dir.as_fd(), &name, uid, gid)?;
+            }
+            if let Some(mode) = a.mode {
+                if node.kind() == libc::S_IFLNK {
+                    return err(libc::EOPNOTSUPP);
+                }
+                sys::fchmodat(dir.as_fd(), &name, mode)?;
+            }
         }
         if a.atime.is_some() || a.mtime.is_some() {
             sys::utimensat(dir.as_fd(), &name, a.atime, a.mtime)?;

@@ -64,7 +64,9 @@ impl Overlay {
             return Ok(());
         }
         for x in sys::listxattr(sdir, sname)? {
-            if whiteout::is_private_xattr(&x) {
+            if whiteout::is_private_xattr(&x)
+                && !crate::idmap::OVERRIDE_XATTRS.contains(&x.as_slice())
+            {
                 continue;
             }
             let Some(v) = sys::getxattr(sdir, sname, &x)? else {

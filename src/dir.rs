@@ -93,9 +93,31 @@ impl Overlay {
     ) -> Result<()> {
         let pst = sys::fstat(pup.as_fd())?;
         let sgid = pst.mode & libc::S_ISGID != 0;
-        let gid = if sgid { pst.gid } else { who.gid };
-        if self.cfg.chown_new && (who.uid != sys::geteuid() || gid != sys::getegid()) {
-            sys::fchownat(dir, name, Some(who.uid), Some(gid))?;
+        if let Some(x) = self.ids.override_xattr() {
+            let st = sys::fstatat(dir, name)?;
+            let mut pshown = pst;
+            self.present(&mut pshown, pup, b"");
+            let o = crate::idmap::OverrideStat {
+                uid: who.uid,
+                gid: if sgid { pshown.gid } else { who.gid },
+                mode: st.mode & 0o7777,
+                kind: Some(st.kind()),
+            };
+            return sys::setxattr(dir, name, x, &crate::idmap::format_override(&o), 0);
+        }
+        let uid = self
+            .ids
+            .uid_to_host(who.uid)
+            .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))?;
+        let gid = if sgid {
+            pst.gid
+        } else {
+            self.ids
+                .gid_to_host(who.gid)
+                .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))?
+        };
+        if self.cfg.chown_new && (uid != sys::geteuid() || gid != sys::getegid()) {
+            sys::fchownat(dir, name, Some(uid), Some(gid))?;
         }
         if sgid && is_dir {
             let st = sys::fstatat(dir, name)?;

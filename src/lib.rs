@@ -6,6 +6,7 @@
 //! - [`sys`]: every raw syscall and all `unsafe`
 //! - [`layer`]: the layer stack and stable inode numbers
 //! - [`whiteout`]: on-disk formats (whiteouts, opaque, redirects, private xattrs)
+//! - [`idmap`]: uid/gid mapping, squashing and override_stat
 //! - [`inode`]: overlay inodes and the inode table
 //! - [`overlay`]: the filesystem object and lookup through the stack (namei)
 //! - [`readdir`]: merged directory listing
@@ -24,6 +25,7 @@ pub mod dir;
 pub mod error;
 pub mod file;
 pub mod fuse;
+pub mod idmap;
 pub mod inode;
 pub mod layer;
 pub mod options;

@@ -59,6 +59,7 @@ pub struct Overlay {
     pub next_fh: AtomicU64,
     tmp_seq: AtomicU64,
     pub counters: Counters,
+    pub ids: crate::idmap::IdMapper,
 }
 
 /// Result of resolving one name in a directory through the layer stack.
@@ -140,6 +141,7 @@ impl Overlay {
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(0),
             counters: Counters::default(),
+            ids: crate::idmap::IdMapper::from_options(opts),
         };
         ov.probe_capabilities();
         ov.make_root()?;
@@ -767,10 +769,29 @@ impl Overlay {
             // index copy: one link is the index entry itself
             st.nlink = st.nlink.saturating_sub(1).max(1);
         }
+        drop(s);
+        self.present(&mut st, &dir, &name);
         Ok(Attr {
             st,
             ino: node.st_ino,
         })
+    }
+
+    /// Turn a stored stat into what the union shows: override_stat owner/mode where
+    /// xattr_permissions is on, and host ids mapped to container ids.
+    pub fn present(&self, st: &mut Stat, dir: &OwnedFd, name: &[u8]) {
+        if let Some(x) = self.ids.override_xattr() {
+            if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
+                if let Some(o) = crate::idmap::parse_override(&v) {
+                    st.uid = o.uid;
+                    st.gid = o.gid;
+                    st.mode = (st.mode & libc::S_IFMT) | o.mode;
+                    return;
+                }
+            }
+        }
+        st.uid = self.ids.uid_to_container(st.uid);
+        st.gid = self.ids.gid_to_container(st.gid);
     }
 
     pub fn getattr(&self, id: u64) -> Result<Attr> {
