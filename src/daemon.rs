@@ -76,6 +76,7 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         ov: ov.clone(),
         ttl,
         acl: !opts.noacl,
+        passthrough: !opts.writeback,
     };
     sys::block_signals();
     let config = fuse_config(opts, ov.cfg.read_only);

@@ -20,6 +20,22 @@ pub enum HandleKind {
 pub struct Handle {
     pub node: Arc<Node>,
     pub kind: HandleKind,
+    pub mode: Mutex<IoMode>,
+}
+
+/// How one open file does its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// Through the daemon, with the kernel's page cache.
+    Cached,
+    /// FUSE passthrough to the inode's backing file.
+    Passthrough,
+}
+
+/// What the adapter should answer an open with.
+pub enum IoPlan {
+    Cached,
+    Passthrough(Arc<fuser::BackingId>),
 }
 
 impl Handle {
@@ -38,7 +54,14 @@ fn wants_write(flags: i32) -> bool {
 impl Overlay {
     fn add_handle(&self, node: Arc<Node>, kind: HandleKind) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.insert(fh, Arc::new(Handle { node, kind }));
+        self.handles.insert(
+            fh,
+            Arc::new(Handle {
+                node,
+                kind,
+                mode: Mutex::new(IoMode::Cached),
+            }),
+        );
         fh
     }
 
@@ -95,7 +118,83 @@ impl Overlay {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.remove(&fh);
+        let Some((_, h)) = self.handles.remove(&fh) else {
+            return;
+        };
+        if let HandleKind::File(_) = h.kind {
+            let mut io = h.node.io.lock();
+            match *h.mode.lock() {
+                IoMode::Passthrough => {
+                    io.pt_opens = io.pt_opens.saturating_sub(1);
+                    if io.pt_opens == 0 {
+                        io.backing = None;
+                    }
+                }
+                IoMode::Cached => io.cached_opens = io.cached_opens.saturating_sub(1),
+            }
+        }
+    }
+
+    /// Decide how open file `fh` does I/O, registering a passthrough backing file through
+    /// `make_backing` when that is possible and allowed by the inode's other opens.
+    pub fn plan_io(
+        &self,
+        fh: u64,
+        make_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
+    ) -> Result<IoPlan> {
+        let h = self.handle(fh)?;
+        let fd = h.fd()?;
+        let upper = h.node.s.lock().in_upper;
+        let mut io = h.node.io.lock();
+        let mut mode = h.mode.lock();
+        // A backing file on a lower layer of a writable mount is never registered: while it
+        // is live the kernel would demand that a later write-open pass through to the same
+        // (lower!) file. Upper files and read-only mounts cannot hit that.
+        let allowed = upper || self.cfg.read_only;
+        if !self.passthrough.load(Ordering::Relaxed) || !allowed || io.cached_opens > 0 {
+            io.cached_opens += 1;
+            *mode = IoMode::Cached;
+            return Ok(IoPlan::Cached);
+        }
+        if io.pt_opens > 0 {
+            let same = io
+                .backing
+                .as_ref()
+                .filter(|(_, u)| *u == upper)
+                .map(|(b, _)| b.clone());
+            if let Some(b) = same {
+                io.pt_opens += 1;
+                *mode = IoMode::Passthrough;
+                return Ok(IoPlan::Passthrough(b));
+            }
+            // Cannot happen with the rule above (an upper object never goes back to a
+            // lower); refuse rather than let the kernel mix backing files.
+            log::error!("passthrough backing mismatch on inode {}", h.node.st_ino);
+            return err(libc::ETXTBSY);
+        }
+        match make_backing(fd) {
+            Ok(b) => {
+                let b = Arc::new(b);
+                io.backing = Some((b.clone(), upper));
+                io.pt_opens = 1;
+                *mode = IoMode::Passthrough;
+                Ok(IoPlan::Passthrough(b))
+            }
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    if self.passthrough.swap(false, Ordering::Relaxed) {
+                        log::warn!(
+                            "FUSE passthrough refused ({e}): file I/O goes through the daemon"
+                        );
+                    }
+                } else {
+                    log::debug!("passthrough not possible for this file: {e}");
+                }
+                io.cached_opens += 1;
+                *mode = IoMode::Cached;
+                Ok(IoPlan::Cached)
+            }
+        }
     }
 
     pub fn read(&self, fh: u64, off: u64, size: u32) -> Result<Vec<u8>> {

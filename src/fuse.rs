@@ -5,6 +5,7 @@
 use crate::attr::SetAttr;
 use crate::dir::{Caller, NewKind};
 use crate::error::Error;
+use crate::file::IoPlan;
 use crate::overlay::{Attr, Overlay};
 use crate::sys;
 use fuser::{
@@ -16,6 +17,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +25,8 @@ pub struct Fs {
     pub ov: Arc<Overlay>,
     pub ttl: Duration,
     pub acl: bool,
+    /// Try FUSE passthrough for regular-file I/O.
+    pub passthrough: bool,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -134,6 +138,14 @@ impl Filesystem for Fs {
             if config.add_capabilities(f).is_err() {
                 log::debug!("kernel lacks FUSE capability {f:?}");
             }
+        }
+        if self.passthrough
+            && sys::geteuid() == 0
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.ov.passthrough.store(true, Ordering::Relaxed);
+            log::info!("FUSE passthrough enabled");
         }
         Ok(())
     }
@@ -306,10 +318,20 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        let fh = match self.ov.open(ino.0, flags.0) {
+            Ok(fh) => fh,
             Err(e) => {
                 log::debug!("open: {e}");
+                return reply.error(errno(&e));
+            }
+        };
+        match self.ov.plan_io(fh, |fd| reply.open_backing(fd)) {
+            Ok(IoPlan::Passthrough(b)) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+            }
+            Ok(IoPlan::Cached) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => {
+                self.ov.release(fh);
                 reply.error(errno(&e))
             }
         }

@@ -71,6 +71,18 @@ pub struct Node {
     pub s: Mutex<NodeState>,
     /// Serializes copy-up of this object.
     pub copy_lock: Mutex<()>,
+    /// How this inode's open files do I/O (FUSE passthrough bookkeeping).
+    pub io: Mutex<IoState>,
+}
+
+/// The kernel allows one backing file per inode while any passthrough open is live, and no
+/// passthrough open while a page-cached open is live; this tracks both.
+#[derive(Debug, Default)]
+pub struct IoState {
+    /// The backing file registered for passthrough and whether it is the upper copy.
+    pub backing: Option<(Arc<fuser::BackingId>, bool)>,
+    pub pt_opens: u32,
+    pub cached_opens: u32,
 }
 
 impl Node {
@@ -82,6 +94,7 @@ impl Node {
             lookups: AtomicU64::new(0),
             s: Mutex::new(state),
             copy_lock: Mutex::new(()),
+            io: Mutex::new(IoState::default()),
         })
     }
     pub fn kind(&self) -> u32 {

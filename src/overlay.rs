@@ -60,6 +60,8 @@ pub struct Overlay {
     tmp_seq: AtomicU64,
     pub counters: Counters,
     pub ids: crate::idmap::IdMapper,
+    /// FUSE passthrough is on (set at init when the kernel and our privileges allow it).
+    pub passthrough: AtomicBool,
 }
 
 /// Result of resolving one name in a directory through the layer stack.
@@ -142,6 +144,7 @@ impl Overlay {
             tmp_seq: AtomicU64::new(0),
             counters: Counters::default(),
             ids: crate::idmap::IdMapper::from_options(opts),
+            passthrough: AtomicBool::new(false),
         };
         ov.probe_capabilities();
         ov.make_root()?;
