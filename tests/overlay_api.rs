@@ -1,0 +1,252 @@
+//! The overlay logic driven through its plain API, without FUSE or a mount: the same
+//! methods the FUSE adapter calls, on real layer directories in a temp dir.
+
+use layerfs::attr::SetAttr;
+use layerfs::dir::{Caller, NewKind};
+use layerfs::inode::ROOT_ID;
+use layerfs::options::Options;
+use layerfs::overlay::Overlay;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["l0", "l1", "upper", "work"] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        Env { dir }
+    }
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn opts(&self) -> Options {
+        Options {
+            lowerdirs: vec![self.p("l0"), self.p("l1")],
+            upperdir: Some(self.p("upper")),
+            workdir: Some(self.p("work")),
+            mountpoint: self.p("upper"),
+            fsync: true,
+            redirect_dir: true,
+            ..Default::default()
+        }
+    }
+    fn ov(&self) -> Overlay {
+        Overlay::new(&self.opts()).expect("overlay")
+    }
+}
+
+fn write(p: &Path, data: &str) {
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(p, data).unwrap();
+}
+
+fn me() -> Caller {
+    Caller {
+        uid: unsafe { libc::geteuid() },
+        gid: unsafe { libc::getegid() },
+    }
+}
+
+fn names(ov: &Overlay, dir: u64) -> Vec<String> {
+    let node = ov.node(dir).unwrap();
+    let mut v: Vec<String> = ov
+        .merged_entries(&node, false)
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn is_whiteout(p: &Path) -> bool {
+    match fs::symlink_metadata(p) {
+        Ok(m) => m.file_type().is_char_device() && m.rdev() == 0,
+        Err(_) => {
+            let wh = p
+                .parent()
+                .unwrap()
+                .join(format!(".wh.{}", p.file_name().unwrap().to_str().unwrap()));
+            wh.exists()
+        }
+    }
+}
+
+#[test]
+fn lookup_merges_and_whiteouts_hide() {
+    let e = Env::new();
+    write(&e.p("l1/d/low"), "low");
+    write(&e.p("l0/d/top"), "top");
+    write(&e.p("l1/d/hidden"), "x");
+    write(&e.p("l0/d/.wh.hidden"), "");
+    write(&e.p("l1/f"), "lower f");
+    let ov = e.ov();
+    let (d, _) = ov.lookup(ROOT_ID, b"d").unwrap();
+    assert_eq!(names(&ov, d.id), vec!["low", "top"]);
+    assert!(ov.lookup(d.id, b"hidden").is_err());
+    assert!(ov.lookup(d.id, b".wh.hidden").is_err());
+}
+
+#[test]
+fn unlink_of_lower_leaves_whiteout_and_upper_only_leaves_nothing() {
+    let e = Env::new();
+    write(&e.p("l1/f"), "lower");
+    let ov = e.ov();
+    ov.unlink(ROOT_ID, b"f").unwrap();
+    assert!(ov.lookup(ROOT_ID, b"f").is_err());
+    assert!(is_whiteout(&e.p("upper/f")), "whiteout expected in upper");
+    ov.create_object(ROOT_ID, b"new", NewKind::File { mode: 0o644 }, me())
+        .unwrap();
+    assert!(e.p("upper/new").exists());
+    ov.unlink(ROOT_ID, b"new").unwrap();
+    assert!(fs::symlink_metadata(e.p("upper/new")).is_err());
+    assert!(!e.p("upper/.wh.new").exists());
+    // create over the whiteout replaces it
+    ov.create_object(ROOT_ID, b"f", NewKind::File { mode: 0o600 }, me())
+        .unwrap();
+    let (_, a) = ov.lookup(ROOT_ID, b"f").unwrap();
+    assert_eq!(a.st.size, 0);
+    assert_eq!(a.st.mode & 0o777, 0o600);
+}
+
+#[test]
+fn rmdir_then_mkdir_is_opaque() {
+    let e = Env::new();
+    write(&e.p("l1/d/inner"), "x");
+    let ov = e.ov();
+    let (d, _) = ov.lookup(ROOT_ID, b"d").unwrap();
+    assert_eq!(
+        ov.rmdir(ROOT_ID, b"d").unwrap_err().errno(),
+        libc::ENOTEMPTY
+    );
+    ov.unlink(d.id, b"inner").unwrap();
+    ov.rmdir(ROOT_ID, b"d").unwrap();
+    ov.create_object(ROOT_ID, b"d", NewKind::Dir { mode: 0o755 }, me())
+        .unwrap();
+    let (d2, _) = ov.lookup(ROOT_ID, b"d").unwrap();
+    assert!(names(&ov, d2.id).is_empty());
+    assert!(ov.lookup(d2.id, b"inner").is_err());
+    // and after a "remount"
+    drop(ov);
+    let ov = e.ov();
+    let (d3, _) = ov.lookup(ROOT_ID, b"d").unwrap();
+    assert!(ov.lookup(d3.id, b"inner").is_err());
+}
+
+#[test]
+fn copy_up_keeps_data_and_ino_and_leaves_no_staging() {
+    let e = Env::new();
+    write(&e.p("l0/sub/file"), "payload");
+    let ov = e.ov();
+    let (sub, _) = ov.lookup(ROOT_ID, b"sub").unwrap();
+    let (f, a0) = ov.lookup(sub.id, b"file").unwrap();
+    let a1 = ov
+        .setattr(
+            f.id,
+            SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(a0.ino, a1.ino, "st_ino changed by copy-up");
+    assert_eq!(
+        fs::read_to_string(e.p("upper/sub/file")).unwrap(),
+        "payload"
+    );
+    assert_eq!(
+        fs::metadata(e.p("upper/sub/file")).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(fs::read_dir(e.p("work/work")).unwrap().count(), 0);
+    drop(ov);
+    let ov = e.ov();
+    let (sub, _) = ov.lookup(ROOT_ID, b"sub").unwrap();
+    let (_, a2) = ov.lookup(sub.id, b"file").unwrap();
+    assert_eq!(a0.ino, a2.ino, "st_ino changed across remount");
+}
+
+#[test]
+fn open_trunc_copies_no_data() {
+    let e = Env::new();
+    write(&e.p("l1/big"), &"x".repeat(1 << 20));
+    let ov = e.ov();
+    let (f, _) = ov.lookup(ROOT_ID, b"big").unwrap();
+    let fh = ov.open(f.id, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    ov.release(fh);
+    assert_eq!(
+        ov.counters
+            .copy_up_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(fs::metadata(e.p("upper/big")).unwrap().len(), 0);
+}
+
+#[test]
+fn directory_rename_uses_redirect() {
+    let e = Env::new();
+    write(&e.p("l1/a/b"), "b");
+    let ov = e.ov();
+    ov.rename(ROOT_ID, b"a", ROOT_ID, b"z", 0).unwrap();
+    let (z, _) = ov.lookup(ROOT_ID, b"z").unwrap();
+    assert_eq!(names(&ov, z.id), vec!["b"]);
+    assert!(ov.lookup(ROOT_ID, b"a").is_err());
+    assert!(is_whiteout(&e.p("upper/a")));
+    drop(ov);
+    let ov = e.ov();
+    let (z, _) = ov.lookup(ROOT_ID, b"z").unwrap();
+    assert_eq!(names(&ov, z.id), vec!["b"]);
+}
+
+#[test]
+fn readdir_ino_matches_lookup() {
+    let e = Env::new();
+    write(&e.p("l1/d/x"), "1");
+    write(&e.p("l0/d/y"), "2");
+    write(&e.p("l1/top"), "3");
+    let ov = e.ov();
+    ov.create_object(ROOT_ID, b"up", NewKind::File { mode: 0o644 }, me())
+        .unwrap();
+    let (d, _) = ov.lookup(ROOT_ID, b"d").unwrap();
+    ov.setattr(
+        ov.lookup(d.id, b"x").unwrap().0.id,
+        SetAttr {
+            mode: Some(0o640),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for dir in [ROOT_ID, d.id] {
+        let node = ov.node(dir).unwrap();
+        for ent in ov.merged_entries(&node, false).unwrap() {
+            let (_, a) = ov.lookup(dir, &ent.name).unwrap();
+            assert_eq!(ent.ino, a.ino, "d_ino != st_ino for {:?}", ent.name);
+        }
+    }
+}
+
+#[test]
+fn read_only_without_upper() {
+    let e = Env::new();
+    write(&e.p("l1/f"), "x");
+    let mut o = e.opts();
+    o.upperdir = None;
+    o.workdir = None;
+    let ov = Overlay::new(&o).unwrap();
+    assert_eq!(ov.unlink(ROOT_ID, b"f").unwrap_err().errno(), libc::EROFS);
+    assert_eq!(
+        ov.create_object(ROOT_ID, b"g", NewKind::File { mode: 0o644 }, me())
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+}
