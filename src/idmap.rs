@@ -3,7 +3,7 @@
 //! `squash_to_root`/`squash_to_uid`/`squash_to_gid`, and `xattr_permissions` where owner and
 //! mode live in an override xattr (`uid:gid:octalmode[:type]`).
 
-use crate::options::{IdMap, Options};
+use crate::options::{map_id, IdMap, Options};
 
 /// The overflow id shown for host ids that no mapping covers.
 pub const OVERFLOW_ID: u32 = 65534;
@@ -79,20 +79,6 @@ pub fn format_override(o: &OverrideStat) -> Vec<u8> {
     format!("{}:{}:{:o}{}", o.uid, o.gid, o.mode & 0o7777, kind).into_bytes()
 }
 
-fn map(maps: &[IdMap], id: u32, to_host: bool) -> Option<u32> {
-    for m in maps {
-        let (from, to) = if to_host {
-            (m.container, m.host)
-        } else {
-            (m.host, m.container)
-        };
-        if id >= from && (id - from) < m.size {
-            return Some(to + (id - from));
-        }
-    }
-    None
-}
-
 impl IdMapper {
     pub fn from_options(o: &Options) -> IdMapper {
         IdMapper {
@@ -127,7 +113,7 @@ impl IdMapper {
         if self.uids.is_empty() {
             return uid;
         }
-        map(&self.uids, uid, false).unwrap_or(OVERFLOW_ID)
+        map_id(&self.uids, uid, false).unwrap_or(OVERFLOW_ID)
     }
 
     pub fn gid_to_container(&self, gid: u32) -> u32 {
@@ -137,7 +123,7 @@ impl IdMapper {
         if self.gids.is_empty() {
             return gid;
         }
-        map(&self.gids, gid, false).unwrap_or(OVERFLOW_ID)
+        map_id(&self.gids, gid, false).unwrap_or(OVERFLOW_ID)
     }
 
     /// Shown (container) uid → stored (host) uid; None when unmapped (EINVAL for chown).
@@ -145,14 +131,14 @@ impl IdMapper {
         if self.uids.is_empty() {
             return Some(uid);
         }
-        map(&self.uids, uid, true)
+        map_id(&self.uids, uid, true)
     }
 
     pub fn gid_to_host(&self, gid: u32) -> Option<u32> {
         if self.gids.is_empty() {
             return Some(gid);
         }
-        map(&self.gids, gid, true)
+        map_id(&self.gids, gid, true)
     }
 
     /// The override xattr name in use, if any.

@@ -110,7 +110,7 @@ impl Overlay {
     /// subdirectory, emptied at start.
     pub fn new(opts: &Options) -> Result<Overlay> {
         sys::raise_nofile_limit();
-        let read_only = opts.upperdir.is_none() || opts.ro;
+        let read_only = opts.read_only();
         let layers = Layers::open(opts.upperdir.as_deref(), &opts.lowerdirs, opts.ino32)?;
         let (work, index) = match (&layers.upper, &opts.workdir) {
             (Some(_), Some(w)) if !read_only => {
