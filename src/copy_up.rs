@@ -229,6 +229,7 @@ impl Overlay {
             }
             sys::linkat(index.as_fd(), &iname, pup.as_fd(), &name)
                 .map_err(|e| e.context("link index copy into upper"))?;
+            self.adjust_union_nlink(node, 0)?;
         } else {
             let st = sys::fstatat(lower.dir.as_fd(), &lower.name)?;
             let tmp = self.stage_copy(&work, &lower.dir, &lower.name, &st, node.st_ino, data)?;

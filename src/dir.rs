@@ -270,6 +270,7 @@ impl Overlay {
                 sys::unlinkat(npup.as_fd(), &whiteout::whiteout_name(newname), false)?;
             }
         }
+        self.adjust_union_nlink(&node, 1)?;
         self.found(&np, newname)
     }
 
@@ -383,6 +384,7 @@ impl Overlay {
         } else {
             self.create_whiteout(pup.as_fd(), name)?;
         }
+        self.adjust_union_nlink(&node, -1)?;
         self.drop_name(&node, &p, name);
         Ok(())
     }
@@ -616,6 +618,7 @@ impl Overlay {
             if *d_is_dir {
                 dn.s.lock().deleted = true;
             } else {
+                self.adjust_union_nlink(dn, -1)?;
                 self.drop_name(dn, &np, newname);
             }
         }

@@ -11,7 +11,7 @@
 //! - [`overlay`]: the filesystem object and lookup through the stack (namei)
 //! - [`readdir`]: merged directory listing
 //! - [`copy_up`]: copy-up staged in the workdir
-//! - [`dir`]: create/link/unlink/rmdir/rename
+//! - [`dir`]: create, link, unlink, rmdir, rename
 //! - [`attr`]: setattr and xattrs
 //! - [`file`]: open files and directories, I/O
 //! - [`fuse`]: the thin `fuser::Filesystem` adapter

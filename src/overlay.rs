@@ -62,6 +62,8 @@ pub struct Overlay {
     pub ids: crate::idmap::IdMapper,
     /// FUSE passthrough is on (set at init when the kernel and our privileges allow it).
     pub passthrough: AtomicBool,
+    /// Serializes updates of the index's link-count records.
+    index_lock: parking_lot::Mutex<()>,
 }
 
 /// Result of resolving one name in a directory through the layer stack.
@@ -145,6 +147,7 @@ impl Overlay {
             counters: Counters::default(),
             ids: crate::idmap::IdMapper::from_options(opts),
             passthrough: AtomicBool::new(false),
+            index_lock: parking_lot::Mutex::new(()),
         };
         ov.probe_capabilities();
         ov.make_root()?;
@@ -540,7 +543,11 @@ impl Overlay {
                                     xwh: op == OpaqueValue::XWhiteouts,
                                 });
                             } else {
-                                if !f.st.is_dir() && !st.is_dir() && f.lower.is_none() {
+                                if !f.st.is_dir()
+                                    && !st.is_dir()
+                                    && f.lower.is_none()
+                                    && self.layers.compose_ino(st.dev, st.ino) == f.st_ino
+                                {
                                     f.lower = Some(LowerFile {
                                         layer,
                                         dir: dirfd.clone(),
@@ -768,9 +775,16 @@ impl Overlay {
             if merged || self.cfg.static_nlink {
                 st.nlink = 1;
             }
-        } else if s.indexed && !s.in_upper {
-            // index copy: one link is the index entry itself
-            st.nlink = st.nlink.saturating_sub(1).max(1);
+        } else {
+            let lower_nlink = s.lower.as_ref().map(|l| l.nlink).unwrap_or(0);
+            if st.nlink > 1 || lower_nlink > 1 {
+                // Hard-linked lower object: the union's link count is kept in the index.
+                if let Some(n) = self.union_nlink(node.st_ino) {
+                    st.nlink = n;
+                } else if lower_nlink > 1 {
+                    st.nlink = lower_nlink;
+                }
+            }
         }
         drop(s);
         self.present(&mut st, &dir, &name);
@@ -795,6 +809,49 @@ impl Overlay {
         }
         st.uid = self.ids.uid_to_container(st.uid);
         st.gid = self.ids.gid_to_container(st.gid);
+    }
+
+    /// The union link count recorded for a hard-linked lower object, if any change or
+    /// copy-up has happened to it.
+    pub fn union_nlink(&self, st_ino: u64) -> Option<u64> {
+        let idx = self.index.as_ref()?;
+        let mut name = index_name(st_ino);
+        name.extend_from_slice(b".nlink");
+        let fd = sys::openat(idx.as_fd(), &name, libc::O_RDONLY, 0).ok()?;
+        let mut buf = [0u8; 32];
+        let n = sys::pread(fd.as_fd(), &mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    }
+
+    /// Adjust the recorded union link count of a hard-linked lower object by `delta`
+    /// (initialising it from the lower link count). No-op for other objects.
+    pub(crate) fn adjust_union_nlink(&self, node: &Node, delta: i64) -> Result<()> {
+        let lower_nlink = node.s.lock().lower.as_ref().map(|l| l.nlink).unwrap_or(0);
+        let (Some(idx), Some(work)) = (self.index.clone(), self.work.clone()) else {
+            return Ok(());
+        };
+        let _g = self.index_lock.lock();
+        let cur = match self.union_nlink(node.st_ino) {
+            Some(n) => n,
+            None if lower_nlink > 1 => lower_nlink,
+            None => return Ok(()),
+        };
+        let new = (cur as i64 + delta).max(0) as u64;
+        let tmp = self.tmp_name();
+        let fd = sys::openat(
+            work.as_fd(),
+            &tmp,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?;
+        sys::write_all_at(fd.as_fd(), format!("{new}\n").as_bytes(), 0)?;
+        if self.cfg.fsync {
+            sys::fsync(fd.as_fd(), false)?;
+        }
+        drop(fd);
+        let mut name = index_name(node.st_ino);
+        name.extend_from_slice(b".nlink");
+        sys::renameat2(work.as_fd(), &tmp, idx.as_fd(), &name, 0)
     }
 
     pub fn getattr(&self, id: u64) -> Result<Attr> {
