@@ -13,8 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Default entry/attr timeout: only layerfs writes the upper, so the kernel may cache.
-const DEFAULT_TTL: f64 = 1.0;
+/// Default entry/attr timeout. Only layerfs changes the union (the layers must not be
+/// modified behind its back, as with the kernel overlay), and the kernel invalidates what
+/// its own requests change, so entries and attributes may be cached for long.
+const DEFAULT_TTL: f64 = 86400.0;
 
 fn fuse_config(opts: &Options, read_only: bool) -> Config {
     let mut mo = vec![

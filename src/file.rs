@@ -281,6 +281,52 @@ impl Overlay {
         Ok(())
     }
 
+    /// readdirplus: like [`Overlay::readdir`], but each entry (except `.` and `..`) is
+    /// looked up, taking a kernel reference. `add` returns true when the buffer is full;
+    /// the reference taken for an entry that did not fit is dropped again.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        off: u64,
+        mut add: impl FnMut(u64, &DirEntry, Option<(&Arc<Node>, &Attr)>) -> bool,
+    ) -> Result<()> {
+        let h = self.handle(fh)?;
+        let HandleKind::Dir(entries) = &h.kind else {
+            return err(libc::ENOTDIR);
+        };
+        if off == 0 {
+            let fresh = self.dir_snapshot(&h.node)?;
+            *entries.lock() = fresh;
+        }
+        let snapshot: Vec<(u64, DirEntry)> = {
+            let e = entries.lock();
+            e.iter()
+                .enumerate()
+                .skip(off as usize)
+                .map(|(i, d)| (i as u64 + 1, d.clone()))
+                .collect()
+        };
+        for (next, d) in snapshot {
+            if d.name == b"." || d.name == b".." {
+                if add(next, &d, None) {
+                    break;
+                }
+                continue;
+            }
+            match self.lookup(h.node.id, &d.name) {
+                Ok((node, attr)) => {
+                    if add(next, &d, Some((&node, &attr))) {
+                        self.forget(node.id, 1);
+                        break;
+                    }
+                }
+                // Gone since the snapshot: skip it, as a fresh readdir would.
+                Err(_) => continue,
+            }
+        }
+        Ok(())
+    }
+
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
         let (dir, name) = self.real_loc(&node)?;

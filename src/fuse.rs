@@ -11,8 +11,8 @@ use crate::sys;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -128,6 +128,8 @@ impl Fs {
 impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let mut want = InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_EXPORT_SUPPORT
             | InitFlags::FUSE_CACHE_SYMLINKS;
@@ -430,6 +432,65 @@ impl Filesystem for Fs {
                 file_type(e.kind),
                 OsStr::from_bytes(&e.name),
             )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.ttl;
+        let r = self.ov.readdirplus(fh.0, offset, |next, e, found| {
+            let name = OsStr::from_bytes(&e.name);
+            match found {
+                Some((node, attr)) => {
+                    let generation = Generation(node.generation.load(Ordering::Relaxed));
+                    reply.add(
+                        INodeNo(e.ino),
+                        next,
+                        name,
+                        &ttl,
+                        &file_attr(attr),
+                        generation,
+                    )
+                }
+                None => {
+                    // `.`/`..`: the kernel takes no reference for these.
+                    let fa = FileAttr {
+                        ino: INodeNo(e.ino),
+                        size: 0,
+                        blocks: 0,
+                        atime: UNIX_EPOCH,
+                        mtime: UNIX_EPOCH,
+                        ctime: UNIX_EPOCH,
+                        crtime: UNIX_EPOCH,
+                        kind: FileType::Directory,
+                        perm: 0,
+                        nlink: 1,
+                        uid: 0,
+                        gid: 0,
+                        rdev: 0,
+                        blksize: 4096,
+                        flags: 0,
+                    };
+                    reply.add(
+                        INodeNo(e.ino),
+                        next,
+                        name,
+                        &Duration::ZERO,
+                        &fa,
+                        Generation(0),
+                    )
+                }
+            }
         });
         match r {
             Ok(()) => reply.ok(),
