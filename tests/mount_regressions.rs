@@ -1,0 +1,415 @@
+//! Real layerfs mounts: the fuse-overlayfs bugs listed in shared/reference/compat.md as
+//! regression tests, and the core union rules, each also checked after a remount.
+
+mod common;
+
+use common::{sh, sh_ok, Scratch};
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+fn is_char_whiteout(p: &Path) -> bool {
+    fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_char_device() && m.rdev() == 0)
+        .unwrap_or(false)
+}
+
+#[test]
+fn regression_rm_rf_then_mkdir_does_not_resurrect() {
+    if !common::require_mount_privilege("regression_rm_rf_then_mkdir_does_not_resurrect") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(0).join("d/sub")).unwrap();
+    fs::write(s.lower(0).join("d/inner"), "old").unwrap();
+    fs::write(s.lower(0).join("d/sub/deep"), "old").unwrap();
+    {
+        let m = s.mount(1, "");
+        let d = m.path("d");
+        fs::remove_dir_all(&d).unwrap();
+        fs::create_dir(&d).unwrap();
+        assert_eq!(
+            fs::read_dir(&d).unwrap().count(),
+            0,
+            "new dir must be empty"
+        );
+        assert!(
+            fs::symlink_metadata(d.join("inner")).is_err(),
+            "deleted lower entry reappeared"
+        );
+        assert!(fs::symlink_metadata(d.join("sub/deep")).is_err());
+    }
+    let m = s.mount(1, "");
+    assert_eq!(
+        fs::read_dir(m.path("d")).unwrap().count(),
+        0,
+        "resurrected after remount"
+    );
+    assert!(fs::symlink_metadata(m.path("d/inner")).is_err());
+}
+
+#[test]
+fn regression_lower_hard_links_share_data_and_ino() {
+    if !common::require_mount_privilege("regression_lower_hard_links_share_data_and_ino") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::write(s.lower(0).join("b"), "one\n").unwrap();
+    fs::hard_link(s.lower(0).join("b"), s.lower(0).join("b-hl")).unwrap();
+    {
+        let m = s.mount(1, "");
+        let (b, hl) = (m.path("b"), m.path("b-hl"));
+        let (mb, mh) = (fs::metadata(&b).unwrap(), fs::metadata(&hl).unwrap());
+        assert_eq!(mb.ino(), mh.ino(), "hard links must share st_ino");
+        assert_eq!(mb.nlink(), 2);
+        sh_ok(&format!("echo two >> '{}'", b.display()));
+        assert_eq!(
+            fs::read_to_string(&hl).unwrap(),
+            "one\ntwo\n",
+            "write through b not visible via b-hl"
+        );
+        assert_eq!(fs::metadata(&hl).unwrap().nlink(), 2);
+    }
+    let m = s.mount(1, "");
+    assert_eq!(
+        fs::read_to_string(m.path("b")).unwrap(),
+        "one\ntwo\n",
+        "b lost data after remount"
+    );
+    assert_eq!(
+        fs::read_to_string(m.path("b-hl")).unwrap(),
+        "one\ntwo\n",
+        "b-hl lost data after remount"
+    );
+    assert_eq!(
+        fs::metadata(m.path("b")).unwrap().ino(),
+        fs::metadata(m.path("b-hl")).unwrap().ino()
+    );
+    assert_eq!(
+        fs::read_to_string(s.lower(0).join("b")).unwrap(),
+        "one\n",
+        "lower layer was modified"
+    );
+}
+
+#[test]
+fn regression_chmod_of_lower_fifo_and_device_keeps_type() {
+    if !common::require_mount_privilege("regression_chmod_of_lower_fifo_and_device_keeps_type") {
+        return;
+    }
+    let s = Scratch::new();
+    let l = s.lower(0);
+    sh_ok(&format!(
+        "mkfifo '{0}/fifo' && mknod '{0}/null' c 1 3 && mkfifo '{0}/f2'",
+        l.display()
+    ));
+    let m = s.mount(1, "");
+    for (name, is_fifo) in [("fifo", true), ("null", false)] {
+        let p = m.path(name);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("chmod {name}: {e}"));
+        let md = fs::symlink_metadata(&p).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o600);
+        if is_fifo {
+            assert!(md.file_type().is_fifo(), "{name} is no longer a fifo");
+        } else {
+            assert!(
+                md.file_type().is_char_device(),
+                "{name} is no longer a char device"
+            );
+            assert_eq!(
+                md.rdev(),
+                fs::symlink_metadata(l.join(name)).unwrap().rdev()
+            );
+        }
+        let up = fs::symlink_metadata(s.upper().join(name)).unwrap();
+        assert_eq!(
+            up.file_type().is_fifo(),
+            is_fifo,
+            "upper copy of {name} has the wrong type"
+        );
+    }
+}
+
+#[test]
+fn regression_unlink_and_trunc_copy_no_data() {
+    if !common::require_mount_privilege("regression_unlink_and_trunc_copy_no_data") {
+        return;
+    }
+    let s = Scratch::new();
+    let l = s.lower(0);
+    sh_ok(&format!(
+        "head -c 64M /dev/urandom > '{0}/big' && head -c 64M /dev/urandom > '{0}/trunc'",
+        l.display()
+    ));
+    let m = s.mount(1, "");
+    fs::remove_file(m.path("big")).unwrap();
+    assert!(
+        is_char_whiteout(&s.upper().join("big")),
+        "unlink must leave a whiteout, not a copy"
+    );
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.path("trunc"))
+        .unwrap();
+    let up = fs::metadata(s.upper().join("trunc")).unwrap();
+    assert_eq!(up.len(), 0);
+    assert_eq!(up.blocks(), 0, "O_TRUNC copied data blocks");
+}
+
+#[test]
+fn regression_sparse_chmod_keeps_holes() {
+    if !common::require_mount_privilege("regression_sparse_chmod_keeps_holes") {
+        return;
+    }
+    let s = Scratch::new();
+    let f = s.lower(0).join("sparse");
+    sh_ok(&format!(
+        "truncate -s 1G '{0}' && printf data | dd of='{0}' bs=1 seek=512M conv=notrunc status=none",
+        f.display()
+    ));
+    let m = s.mount(1, "");
+    fs::set_permissions(m.path("sparse"), fs::Permissions::from_mode(0o600)).unwrap();
+    let up = fs::metadata(s.upper().join("sparse")).unwrap();
+    assert_eq!(up.len(), 1 << 30);
+    assert!(
+        up.blocks() < 1024,
+        "copy-up filled holes: {} blocks",
+        up.blocks()
+    );
+    let out = sh_ok(&format!(
+        "dd if='{}' bs=1 skip=512M count=4 status=none",
+        m.path("sparse").display()
+    ));
+    assert_eq!(out, "data");
+}
+
+#[test]
+fn regression_rename_lower_and_merged_directory() {
+    if !common::require_mount_privilege("regression_rename_lower_and_merged_directory") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(1).join("m/deep")).unwrap();
+    fs::write(s.lower(1).join("m/deep/f"), "bottom").unwrap();
+    fs::create_dir_all(s.lower(0).join("m")).unwrap();
+    fs::write(s.lower(0).join("m/top"), "top").unwrap();
+    fs::create_dir_all(s.lower(1).join("plain")).unwrap();
+    fs::write(s.lower(1).join("plain/x"), "x").unwrap();
+    fs::create_dir(s.lower(0).join("target")).unwrap();
+    {
+        let m = s.mount(2, "");
+        fs::rename(m.path("m"), m.path("target/moved")).expect("rename of merged dir");
+        fs::rename(m.path("plain"), m.path("plain2")).expect("rename of lower dir");
+        assert_eq!(
+            fs::read_to_string(m.path("target/moved/deep/f")).unwrap(),
+            "bottom"
+        );
+        assert_eq!(
+            fs::read_to_string(m.path("target/moved/top")).unwrap(),
+            "top"
+        );
+        assert_eq!(fs::read_to_string(m.path("plain2/x")).unwrap(), "x");
+        assert!(fs::symlink_metadata(m.path("m")).is_err());
+        assert!(fs::symlink_metadata(m.path("plain")).is_err());
+    }
+    assert!(is_char_whiteout(&s.upper().join("m")));
+    // The kernel overlay reads the same upper (redirect_dir=on) and shows the same tree.
+    let kwork = s.path().join("kwork");
+    fs::create_dir(&kwork).unwrap();
+    let lowers = vec![s.lower(0), s.lower(1)];
+    let k = common::mount_kernel_overlay(
+        &lowers,
+        Some(&s.upper()),
+        Some(&kwork),
+        &s.mnt(),
+        "redirect_dir=on,index=off",
+    );
+    assert_eq!(
+        fs::read_to_string(k.path("target/moved/deep/f")).unwrap(),
+        "bottom"
+    );
+    assert_eq!(
+        fs::read_to_string(k.path("target/moved/top")).unwrap(),
+        "top"
+    );
+    assert_eq!(fs::read_to_string(k.path("plain2/x")).unwrap(), "x");
+    assert!(fs::symlink_metadata(k.path("m")).is_err());
+    drop(k);
+    let m = s.mount(2, "");
+    assert_eq!(
+        fs::read_to_string(m.path("target/moved/deep/f")).unwrap(),
+        "bottom"
+    );
+}
+
+#[test]
+fn regression_large_directory_lists_and_removes_completely() {
+    if !common::require_mount_privilege("regression_large_directory_lists_and_removes_completely") {
+        return;
+    }
+    let s = Scratch::new();
+    let d0 = s.lower(0).join("big");
+    let d1 = s.lower(1).join("big");
+    fs::create_dir(&d0).unwrap();
+    fs::create_dir(&d1).unwrap();
+    for i in 0..100_000u32 {
+        let d = if i % 4 == 0 { &d0 } else { &d1 };
+        fs::File::create(d.join(format!("f{i}"))).unwrap();
+    }
+    let m = s.mount(2, "");
+    let mut names: Vec<_> = fs::read_dir(m.path("big"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 100_000);
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 100_000, "duplicates in readdir");
+    let out = sh(&format!("rm -rf '{}'", m.path("big").display()));
+    assert!(
+        out.status.success(),
+        "rm -rf failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::symlink_metadata(m.path("big")).is_err());
+}
+
+#[test]
+fn readdir_ino_matches_stat_and_is_stable() {
+    if !common::require_mount_privilege("readdir_ino_matches_stat_and_is_stable") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(1).join("d")).unwrap();
+    fs::write(s.lower(1).join("d/low"), "1").unwrap();
+    fs::create_dir_all(s.lower(0).join("d")).unwrap();
+    fs::write(s.lower(0).join("d/top"), "2").unwrap();
+    let before;
+    {
+        let m = s.mount(2, "");
+        sh_ok(&format!("echo new > '{}'", m.path("d/new").display()));
+        fs::set_permissions(m.path("d/low"), fs::Permissions::from_mode(0o600)).unwrap();
+        let check = |dir: &Path| {
+            let mut v = Vec::new();
+            for e in fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                use std::os::unix::fs::DirEntryExt;
+                let st = fs::symlink_metadata(e.path()).unwrap();
+                assert_eq!(e.ino(), st.ino(), "d_ino != st_ino for {:?}", e.file_name());
+                v.push((e.file_name(), st.ino()));
+            }
+            v.sort();
+            v
+        };
+        before = check(&m.path("d"));
+        sh_ok("sync; echo 2 > /proc/sys/vm/drop_caches");
+        assert_eq!(
+            check(&m.path("d")),
+            before,
+            "st_ino changed after cache eviction"
+        );
+    }
+    let m = s.mount(2, "");
+    let mut after: Vec<_> = fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), fs::symlink_metadata(e.path()).unwrap().ino())
+        })
+        .collect();
+    after.sort();
+    assert_eq!(after, before, "st_ino changed across remount");
+}
+
+#[test]
+fn whiteouts_opaque_and_hidden_names() {
+    if !common::require_mount_privilege("whiteouts_opaque_and_hidden_names") {
+        return;
+    }
+    let s = Scratch::new();
+    let (l0, l1) = (s.lower(0), s.lower(1));
+    for d in ["a", "b", "c", "e"] {
+        fs::create_dir_all(l1.join(d)).unwrap();
+        fs::write(l1.join(d).join("below"), "x").unwrap();
+        fs::create_dir_all(l0.join(d)).unwrap();
+    }
+    fs::write(l1.join("gone1"), "x").unwrap();
+    fs::create_dir_all(l1.join("w")).unwrap();
+    fs::write(l1.join("w/only"), "x").unwrap();
+    fs::write(l1.join("gone2"), "x").unwrap();
+    sh_ok(&format!(
+        "mknod '{0}/gone1' c 0 0 && touch '{0}/.wh.gone2' && setfattr -n trusted.overlay.opaque -v y '{0}/a' && \
+         setfattr -n user.overlay.opaque -v y '{0}/b' && setfattr -n user.fuseoverlayfs.opaque -v y '{0}/c' && touch '{0}/e/.wh..wh..opq'",
+        l0.display()
+    ));
+    let m = s.mount(2, "");
+    let root: Vec<String> = fs::read_dir(m.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !root
+            .iter()
+            .any(|n| n.starts_with(".wh.") || n == "gone1" || n == "gone2"),
+        "{root:?}"
+    );
+    for d in ["a", "b", "c", "e"] {
+        assert_eq!(
+            fs::read_dir(m.path(d)).unwrap().count(),
+            0,
+            "{d} should be opaque"
+        );
+    }
+    assert!(
+        fs::File::create(m.path(".wh.x")).is_err(),
+        ".wh. names must not be creatable"
+    );
+    // unlink of an upper-only file leaves nothing; of a lower one a whiteout
+    fs::write(m.path("fresh"), "x").unwrap();
+    fs::remove_file(m.path("fresh")).unwrap();
+    assert!(fs::symlink_metadata(s.upper().join("fresh")).is_err());
+    // rmdir is judged on the union view: whiteouts do not count
+    fs::create_dir_all(m.path("r")).unwrap();
+    fs::write(m.path("r/x"), "x").unwrap();
+    assert_eq!(
+        fs::remove_dir(m.path("r")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    fs::remove_file(m.path("r/x")).unwrap();
+    fs::remove_dir(m.path("r")).unwrap();
+    // a lower directory whose entries were all deleted through the mount is empty
+    assert_eq!(
+        fs::remove_dir(m.path("w")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    fs::remove_file(m.path("w/only")).unwrap();
+    fs::remove_dir(m.path("w")).expect("rmdir of a union-empty lower dir");
+    assert!(fs::symlink_metadata(m.path("w")).is_err());
+    let below = m.path("c");
+    assert_eq!(fs::read_dir(&below).unwrap().count(), 0);
+    fs::remove_dir(&below).expect("opaque dir with hidden lower content is empty");
+}
+
+#[test]
+fn read_only_mount_refuses_writes() {
+    if !common::require_mount_privilege("read_only_mount_refuses_writes") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::write(s.lower(0).join("f"), "x").unwrap();
+    fs::write(s.lower(1).join("g"), "y").unwrap();
+    let m = s.mount_ro(2, "");
+    assert_eq!(fs::read_to_string(m.path("g")).unwrap(), "y");
+    for r in [
+        fs::write(m.path("new"), "x").map(drop),
+        fs::remove_file(m.path("f")),
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.path("f"))
+            .map(drop),
+    ] {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    }
+}
