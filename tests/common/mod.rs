@@ -65,7 +65,13 @@ impl Scratch {
     /// Mount layerfs over `nlower` lower layers plus upper/work on `mnt`.
     pub fn mount(&self, nlower: usize, extra: &str) -> Mount {
         let lowers: Vec<PathBuf> = (0..nlower).map(|i| self.lower(i)).collect();
-        mount_layerfs(&lowers, Some(&self.upper()), Some(&self.work()), &self.mnt(), extra)
+        mount_layerfs(
+            &lowers,
+            Some(&self.upper()),
+            Some(&self.work()),
+            &self.mnt(),
+            extra,
+        )
     }
     /// Mount the lowers read-only (no upper).
     pub fn mount_ro(&self, nlower: usize, extra: &str) -> Mount {
@@ -110,7 +116,11 @@ pub fn is_mounted(mnt: &Path) -> bool {
     };
     let want = mnt.as_os_str().as_bytes();
     mounts.split(|&b| b == b'\n').any(|line| {
-        line.split(|&b| b == b' ').nth(4).map(unescape_mountinfo).as_deref() == Some(want)
+        line.split(|&b| b == b' ')
+            .nth(4)
+            .map(unescape_mountinfo)
+            .as_deref()
+            == Some(want)
     })
 }
 
@@ -119,7 +129,9 @@ fn unescape_mountinfo(f: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < f.len() {
         if f[i] == b'\\' && i + 3 < f.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&f[i + 1..i + 4]).unwrap_or("x"), 8) {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&f[i + 1..i + 4]).unwrap_or("x"), 8)
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -163,7 +175,11 @@ pub fn mount_layerfs(
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(is_mounted(mnt), "layerfs exited 0 but {} is not mounted", mnt.display());
+    assert!(
+        is_mounted(mnt),
+        "layerfs exited 0 but {} is not mounted",
+        mnt.display()
+    );
     Mount {
         mnt: mnt.to_path_buf(),
         kernel: false,
@@ -216,7 +232,12 @@ pub fn layerfs<S: AsRef<OsStr>>(args: &[S]) -> Output {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("layerfs {:?} did not exit within 30s", args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>());
+            panic!(
+                "layerfs {:?} did not exit within 30s",
+                args.iter()
+                    .map(|a| a.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
