@@ -20,9 +20,7 @@ fn daemon_pid(mnt: &Path) -> Option<i32> {
         };
         let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
         if args.first().is_some_and(|a| a.ends_with(b"layerfs"))
-            && args
-                .iter()
-                .any(|a| *a == mnt.as_os_str().as_encoded_bytes())
+            && args.contains(&mnt.as_os_str().as_encoded_bytes())
         {
             return Some(pid);
         }
