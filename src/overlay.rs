@@ -580,6 +580,10 @@ impl Overlay {
         let Some(mut f) = found else {
             return Ok(Lookup::Absent);
         };
+        if f.opaque && !f.lower_present {
+            // Not merged, but removing this name must still hide what is below it.
+            f.lower_present = self.lower_has_name(&plowers, name);
+        }
         if f.st_ino == 0 {
             f.st_ino = self.layers.compose_ino(f.st.dev, f.st.ino);
         }
@@ -593,6 +597,22 @@ impl Overlay {
             }
         }
         Ok(Lookup::Found(Box::new(f)))
+    }
+
+    /// Whether any of the parent's lower directories has a visible entry `name` (stopping
+    /// at a whiteout).
+    fn lower_has_name(&self, plowers: &[LowerDir], name: &[u8]) -> bool {
+        for l in plowers {
+            match sys::fstatat(l.fd.as_fd(), name) {
+                Ok(st) => return !self.is_whiteout(&l.fd, name, &st, l.xwh),
+                Err(_) => {
+                    if self.has_wh_file(&l.fd, name) {
+                        return false;
+                    }
+                }
+            }
+        }
+        false
     }
 
     fn follow_lower_redirect(
