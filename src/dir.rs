@@ -513,7 +513,8 @@ impl Overlay {
         }
 
         if flags & sys::RENAME_EXCHANGE != 0 {
-            let (dn, d_is_dir, _, d_has_lowers, d_redirect, d_lpath) = dinfo.clone().unwrap();
+            let (dn, d_is_dir, d_lower_present, d_has_lowers, d_redirect, d_lpath) =
+                dinfo.clone().unwrap();
             if d_is_dir {
                 self.copy_up_dir(&dn)?;
             } else {
@@ -524,6 +525,14 @@ impl Overlay {
             }
             if d_is_dir && d_has_lowers && !d_redirect {
                 self.set_redirect(&dn, &d_lpath)?;
+            }
+            // An upper-only directory landing on a name with lower content must not merge
+            // with it.
+            if src_is_dir && !src_has_lowers && d_lower_present {
+                self.set_opaque_dir(&snode)?;
+            }
+            if d_is_dir && !d_has_lowers && src_lower_present {
+                self.set_opaque_dir(&dn)?;
             }
             sys::renameat2(
                 pup.as_fd(),
@@ -549,13 +558,7 @@ impl Overlay {
                     self.set_redirect(&snode, &src_lower_path)?;
                 }
             } else if dst_lower {
-                let d = snode
-                    .s
-                    .lock()
-                    .upper_dir
-                    .clone()
-                    .ok_or_else(|| Error::from_errno(libc::EIO))?;
-                self.set_opaque(d.as_fd(), b"")?;
+                self.set_opaque_dir(&snode)?;
             }
         }
         // An upper directory being replaced holds only whiteouts: clear them.
@@ -624,6 +627,16 @@ impl Overlay {
         }
         self.move_name(&snode, &p, name, &np, newname);
         Ok(())
+    }
+
+    fn set_opaque_dir(&self, node: &Arc<Node>) -> Result<()> {
+        let d = node
+            .s
+            .lock()
+            .upper_dir
+            .clone()
+            .ok_or_else(|| Error::from_errno(libc::EIO))?;
+        self.set_opaque(d.as_fd(), b"")
     }
 
     fn set_redirect(&self, node: &Arc<Node>, lower_path: &[u8]) -> Result<()> {

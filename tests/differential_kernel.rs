@@ -359,3 +359,12 @@ fn regression_rename_then_mkdir_rmdir_same_name() {
     use Op::*;
     run_sequence(&[Rename(7, 3, 0), Mkdir(7), Rmdir(7)]).unwrap();
 }
+
+#[test]
+fn regression_exchange_upper_dir_onto_lower_name() {
+    if !common::require_mount_privilege("regression_exchange_upper_dir_onto_lower_name") {
+        return;
+    }
+    use Op::*;
+    run_sequence(&[Mkdir(4), Rename(4, 6, 2)]).unwrap();
+}
