@@ -170,12 +170,8 @@ impl Overlay {
         who: Caller,
     ) -> Result<(Arc<Node>, Attr)> {
         self.check_writable()?;
-        if !whiteout::valid_new_name(name) {
-            return err(if whiteout::is_hidden_name(name) {
-                libc::EPERM
-            } else {
-                libc::EINVAL
-            });
+        if let Some(e) = whiteout::check_new_name(name) {
+            return err(e);
         }
         let _g = self.tree.write();
         let p = self.node(parent)?;
@@ -436,12 +432,8 @@ impl Overlay {
         if flags & sys::RENAME_NOREPLACE != 0 && flags & sys::RENAME_EXCHANGE != 0 {
             return err(libc::EINVAL);
         }
-        if !whiteout::valid_new_name(newname) {
-            return err(if whiteout::is_hidden_name(newname) {
-                libc::EPERM
-            } else {
-                libc::EINVAL
-            });
+        if let Some(e) = whiteout::check_new_name(newname) {
+            return err(e);
         }
         let _g = self.tree.write();
         let p = self.node(parent)?;

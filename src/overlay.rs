@@ -493,22 +493,15 @@ impl Overlay {
                                 opaque: false,
                             };
                             if st.is_dir() {
-                                let fd = sys::open_subdir(dirfd.as_fd(), &ename)?;
-                                let op = self.dir_opaque(&fd);
-                                if op == OpaqueValue::Yes || wh_here {
-                                    stop = true;
-                                }
-                                self.follow_lower_redirect(
-                                    &fd,
-                                    &plower_path,
+                                stop |= self.push_lower_dir(
+                                    &mut f,
+                                    layer,
+                                    &dirfd,
+                                    &ename,
+                                    wh_here,
                                     &mut target_rel,
                                     &mut target_abs,
-                                );
-                                f.lowers.push(LowerDir {
-                                    layer,
-                                    fd: Arc::new(fd),
-                                    xwh: op == OpaqueValue::XWhiteouts,
-                                });
+                                )?;
                             } else {
                                 f.lower = Some(LowerFile {
                                     layer,
@@ -523,25 +516,18 @@ impl Overlay {
                         Some(f) => {
                             f.lower_present = true;
                             if f.st.is_dir() && st.is_dir() {
-                                let fd = sys::open_subdir(dirfd.as_fd(), &ename)?;
                                 if f.st_ino == 0 {
                                     f.st_ino = self.layers.compose_ino(st.dev, st.ino);
                                 }
-                                let op = self.dir_opaque(&fd);
-                                if op == OpaqueValue::Yes || wh_here {
-                                    stop = true;
-                                }
-                                self.follow_lower_redirect(
-                                    &fd,
-                                    &plower_path,
+                                stop |= self.push_lower_dir(
+                                    f,
+                                    layer,
+                                    &dirfd,
+                                    &ename,
+                                    wh_here,
                                     &mut target_rel,
                                     &mut target_abs,
-                                );
-                                f.lowers.push(LowerDir {
-                                    layer,
-                                    fd: Arc::new(fd),
-                                    xwh: op == OpaqueValue::XWhiteouts,
-                                });
+                                )?;
                             } else {
                                 if !f.st.is_dir()
                                     && !st.is_dir()
@@ -615,29 +601,39 @@ impl Overlay {
         false
     }
 
-    fn follow_lower_redirect(
+    /// Add the real directory (dirfd, name) of lower `layer` to a merged directory being
+    /// looked up, and follow its redirect for the layers below. Returns true when the merge
+    /// stops here (opaque, or a `.wh.` file for the name in the same layer).
+    #[allow(clippy::too_many_arguments)]
+    fn push_lower_dir(
         &self,
-        fd: &OwnedFd,
-        plower_path: &[u8],
+        f: &mut Found,
+        layer: usize,
+        dirfd: &OwnedFd,
+        name: &[u8],
+        wh_here: bool,
         target_rel: &mut Option<Vec<u8>>,
         target_abs: &mut Option<Vec<u8>>,
-    ) {
-        match self.dir_redirect(fd) {
+    ) -> Result<bool> {
+        let fd = sys::open_subdir(dirfd.as_fd(), name)?;
+        let op = self.dir_opaque(&fd);
+        match self.dir_redirect(&fd) {
             Some(Redirect::Absolute(p)) => {
                 *target_abs = Some(p);
                 *target_rel = None;
             }
-            Some(Redirect::Relative(n)) => {
-                if target_abs.is_some() {
-                    let base = target_abs.as_ref().map(|p| split_last(p).0.to_vec());
-                    *target_abs = base.map(|b| join(&b, &n));
-                } else {
-                    let _ = plower_path;
-                    *target_rel = Some(n);
-                }
-            }
+            Some(Redirect::Relative(n)) => match target_abs {
+                Some(abs) => *abs = join(split_last(abs).0, &n),
+                None => *target_rel = Some(n),
+            },
             None => {}
         }
+        f.lowers.push(LowerDir {
+            layer,
+            fd: Arc::new(fd),
+            xwh: op == OpaqueValue::XWhiteouts,
+        });
+        Ok(op == OpaqueValue::Yes || wh_here)
     }
 
     /// Turn a resolved object into a node (creating it or refreshing the existing one with

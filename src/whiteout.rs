@@ -129,6 +129,18 @@ pub fn valid_new_name(name: &[u8]) -> bool {
         && !is_hidden_name(name)
 }
 
+/// The errno for a name that cannot be created in the union, if any: `.wh.` names are
+/// refused with EPERM, other invalid names with EINVAL.
+pub fn check_new_name(name: &[u8]) -> Option<i32> {
+    if valid_new_name(name) {
+        None
+    } else if is_hidden_name(name) {
+        Some(libc::EPERM)
+    } else {
+        Some(libc::EINVAL)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
