@@ -134,7 +134,7 @@ fn bad_input_mounts_and_writes_nothing() {
     let cases: Vec<(String, String, &str)> = vec![
         (format!("upperdir={u},workdir={w}"), m.clone(), "lowerdir"),
         (
-            format!("lowerdir=/nonexistent/x"),
+            "lowerdir=/nonexistent/x".to_string(),
             m.clone(),
             "/nonexistent/x",
         ),
