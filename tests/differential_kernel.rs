@@ -31,11 +31,25 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const PATHS: &[&str] = &[
-    "a", "b", "d", "d/a", "d/b", "d/c", "e", "e/a", "d/e", "d/e/a", "f",
+    "a",
+    "b",
+    "d",
+    "d/a",
+    "d/b",
+    "d/c",
+    "e",
+    "e/a",
+    "d/e",
+    "d/e/a",
+    "f",
+    "odd",
+    "odd/fifo",
+    "odd/sparse",
+    "odd/dangling-abs",
 ];
 
 #[derive(Debug, Clone)]
@@ -104,16 +118,27 @@ fn rc(r: libc::c_int) -> i32 {
 fn apply(root: &Path, op: &Op) -> i32 {
     let p = |i: usize| root.join(PATHS[i]);
     match *op {
-        Op::Write(a) => errno(fs::write(p(a), "written\n")),
+        // O_NONBLOCK: writing a FIFO without a reader fails with ENXIO instead of hanging
+        Op::Write(a) => errno(
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(p(a))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b"written\n")),
+        ),
         Op::Append(a) => errno(
             fs::OpenOptions::new()
                 .append(true)
+                .custom_flags(libc::O_NONBLOCK)
                 .open(p(a))
                 .and_then(|mut f| std::io::Write::write_all(&mut f, b"more\n")),
         ),
         Op::Truncate(a, n) => errno(
             fs::OpenOptions::new()
                 .write(true)
+                .custom_flags(libc::O_NONBLOCK)
                 .open(p(a))
                 .and_then(|f| f.set_len(n)),
         ),
@@ -179,6 +204,25 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
                 )
             } else if ft.is_symlink() {
                 format!("link -> {:?}", fs::read_link(&full).unwrap())
+            } else if !ft.is_file() {
+                format!(
+                    "special {:o} {:o} {}:{} rdev={}",
+                    md.mode() & 0o170000,
+                    md.mode() & 0o7777,
+                    md.uid(),
+                    md.gid(),
+                    md.rdev()
+                )
+            } else if md.len() > 1 << 20 {
+                format!(
+                    "bigfile {:o} {}:{} n={} len={} x={:?}",
+                    md.mode() & 0o7777,
+                    md.uid(),
+                    md.gid(),
+                    md.nlink(),
+                    md.len(),
+                    xattrs
+                )
             } else {
                 format!(
                     "file {:o} {}:{} n={} {:?} x={:?}",
@@ -220,6 +264,15 @@ mkdir -p d/e e
 echo lower-a > a; echo lower-da > d/a; echo lower-db > d/b; echo lower-ea > e/a; echo lower-dea > d/e/a
 ln -s a f
 setfattr -n user.test -v lower d/a
+mkdir odd
+mkfifo odd/fifo
+ln -s /nonexistent/target odd/dangling-abs
+ln -s ../nowhere odd/dangling-rel
+touch "odd/$(printf 'bad\xff\xfe')" "odd/with space" "odd/new
+line" "odd/-leading" "odd/$(head -c 255 /dev/zero | tr '\0' n)"
+truncate -s 64M odd/sparse
+printf data | dd of=odd/sparse bs=1 seek=1000000 conv=notrunc status=none
+setfattr -n user.odd -v "$(printf 'v\x01\x02')" odd/sparse
 cd '{l0}'
 mkdir -p d e
 echo top-b > b; echo top-dc > d/c
@@ -326,6 +379,15 @@ fn differential_fixed_scenarios() {
             Rename(3, 4, 0),
         ],
         vec![Rename(2, 7, 0), Mkdir(6), Rename(5, 6, 0)],
+        vec![
+            Chmod(12, 0o600),
+            Write(12),
+            Chmod(13, 0o600),
+            Append(13),
+            SetXattr(13),
+            Rename(11, 2, 0),
+        ],
+        vec![Rename(14, 0, 0), Rename(13, 12, 0), Unlink(14), Rmdir(11)],
     ];
     for (i, ops) in scenarios.iter().enumerate() {
         if let Err(e) = run_sequence(ops) {
