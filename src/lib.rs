@@ -16,6 +16,7 @@
 //! - [`file`]: open files and directories, I/O
 //! - [`fuse`]: the thin `fuser::Filesystem` adapter
 //! - [`daemon`]: mounting, daemonizing, signals
+//! - [`tools`]: offline `explain` and `diff` on the daemon's own lookup
 #![deny(unsafe_code)]
 
 pub mod attr;
@@ -32,4 +33,5 @@ pub mod options;
 pub mod overlay;
 pub mod readdir;
 pub mod sys;
+pub mod tools;
 pub mod whiteout;

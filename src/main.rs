@@ -2,6 +2,11 @@ use layerfs::options::{self, Command};
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(first) = args.first().and_then(|a| a.to_str()) {
+        if layerfs::tools::SUBCOMMANDS.contains(&first) {
+            std::process::exit(layerfs::tools::main(args));
+        }
+    }
     let cmd = match options::parse_args(args) {
         Ok(c) => c,
         Err(msg) => {

@@ -352,6 +352,30 @@ impl Overlay {
     /// ovl_lookup). With `open_dirs` false, directory fds are not kept (readdir ino
     /// computation).
     pub fn resolve(&self, parent: &Node, name: &[u8]) -> Result<Lookup> {
+        self.resolve_traced(parent, name, None)
+    }
+
+    /// [`Overlay::resolve`], recording what each layer contributed or hid (for `explain`):
+    /// events are (layer label, what happened there).
+    pub fn resolve_traced(
+        &self,
+        parent: &Node,
+        name: &[u8],
+        mut trace: Option<&mut Vec<(String, String)>>,
+    ) -> Result<Lookup> {
+        macro_rules! note {
+            ($layer:expr, $($arg:tt)*) => {
+                if let Some(t) = trace.as_deref_mut() {
+                    t.push(($layer, format!($($arg)*)));
+                }
+            };
+        }
+        let upper_label = || match &self.layers.upper {
+            Some(u) => format!("upper ({})", u.path.display()),
+            None => "upper".to_string(),
+        };
+        let lower_label =
+            |i: usize| format!("lower {} ({})", i, self.layers.lowers[i].path.display());
         if whiteout::is_hidden_name(name) || name == b"." || name == b".." {
             return Ok(Lookup::Absent);
         }
@@ -375,12 +399,17 @@ impl Overlay {
         let mut stop = false;
         let mut target_rel: Option<Vec<u8>> = Some(name.to_vec());
         let mut target_abs: Option<Vec<u8>> = None;
-        let mut first_layer = 0usize;
 
         if let Some(u) = &pupper {
             let pxwh = pupper_xwh;
             match sys::fstatat(u.as_fd(), name) {
-                Ok(st) if self.is_whiteout(u, name, &st, pxwh) => return Ok(Lookup::WhitedOut),
+                Ok(st) if self.is_whiteout(u, name, &st, pxwh) => {
+                    note!(
+                        upper_label(),
+                        "whiteout: hides the name in every lower layer"
+                    );
+                    return Ok(Lookup::WhitedOut);
+                }
                 Ok(st) => {
                     let mut f = Found {
                         st,
@@ -401,6 +430,7 @@ impl Overlay {
                         let fd = sys::open_subdir(u.as_fd(), name)?;
                         match self.dir_opaque(&fd) {
                             OpaqueValue::Yes => {
+                                note!(upper_label(), "opaque directory: nothing below is merged");
                                 f.opaque = true;
                                 stop = true;
                             }
@@ -427,10 +457,30 @@ impl Overlay {
                     if origin.is_none() && st.is_dir() {
                         f.st_ino = 0; // decided by the top lower dir below, if any
                     }
+                    if f.has_redirect {
+                        note!(
+                            upper_label(),
+                            "directory, redirected to {} in the lower layers",
+                            bstr(&f.lower_path)
+                        );
+                    } else if st.is_dir() {
+                        note!(upper_label(), "directory");
+                    } else {
+                        note!(
+                            upper_label(),
+                            "{}: hides the lower layers",
+                            kind_name(st.kind())
+                        );
+                    }
                     found = Some(f);
                 }
                 Err(e) if e.is(libc::ENOENT) => {
                     if self.has_wh_file(u, name) {
+                        note!(
+                            upper_label(),
+                            ".wh.{} file: hides the name in every lower layer",
+                            bstr(name)
+                        );
                         return Ok(Lookup::WhitedOut);
                     }
                 }
@@ -439,7 +489,7 @@ impl Overlay {
         }
 
         let nlower = self.layers.lowers.len();
-        let mut j = first_layer;
+        let mut j = 0;
         while j < nlower && !stop {
             let layer = j;
             j += 1;
@@ -467,12 +517,43 @@ impl Overlay {
             };
             match sys::fstatat(dirfd.as_fd(), &ename) {
                 Ok(st) if self.is_whiteout(&dirfd, &ename, &st, xwh) => {
+                    note!(
+                        lower_label(layer),
+                        "whiteout: hides {} in the layers below",
+                        bstr(&ename)
+                    );
                     if found.is_none() {
                         return Ok(Lookup::WhitedOut);
                     }
                     break;
                 }
                 Ok(st) => {
+                    let above_non_dir = found.as_ref().map(|f| !f.st.is_dir()).unwrap_or(false);
+                    let above_dir = found.as_ref().map(|f| f.st.is_dir()).unwrap_or(false);
+                    if above_non_dir {
+                        note!(
+                            lower_label(layer),
+                            "{} {}: hidden by the non-directory above",
+                            kind_name(st.kind()),
+                            bstr(&ename)
+                        );
+                    } else if above_dir && !st.is_dir() {
+                        note!(
+                            lower_label(layer),
+                            "{} {}: hidden by the directory above (merge stops)",
+                            kind_name(st.kind()),
+                            bstr(&ename)
+                        );
+                    } else if above_dir {
+                        note!(lower_label(layer), "directory {}: merged", bstr(&ename));
+                    } else {
+                        note!(
+                            lower_label(layer),
+                            "{} {}: visible",
+                            kind_name(st.kind()),
+                            bstr(&ename)
+                        );
+                    }
                     let wh_here = self.has_wh_file(&dirfd, &ename);
                     match &mut found {
                         None => {
@@ -546,11 +627,26 @@ impl Overlay {
                         }
                     }
                     if wh_here {
+                        note!(
+                            lower_label(layer),
+                            ".wh.{} in the same layer: hides the layers below",
+                            bstr(&ename)
+                        );
                         stop = true;
+                    } else if stop && st.is_dir() && !above_non_dir {
+                        note!(
+                            lower_label(layer),
+                            "opaque directory: the layers below are not merged"
+                        );
                     }
                 }
                 Err(e) if e.is(libc::ENOENT) || e.is(libc::ENOTDIR) => {
                     if self.has_wh_file(&dirfd, &ename) {
+                        note!(
+                            lower_label(layer),
+                            ".wh.{} file: hides the name in the layers below",
+                            bstr(&ename)
+                        );
                         if found.is_none() {
                             return Ok(Lookup::WhitedOut);
                         }
@@ -560,8 +656,6 @@ impl Overlay {
                 Err(e) => return Err(e),
             }
         }
-        first_layer = 0;
-        let _ = first_layer;
 
         let Some(mut f) = found else {
             return Ok(Lookup::Absent);
@@ -881,6 +975,20 @@ impl Overlay {
             None => self.layers.lowers[0].root.clone(),
         };
         sys::fstatvfs(fd.as_fd())
+    }
+}
+
+/// A human name for a file type.
+pub fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        libc::S_IFDIR => "directory",
+        libc::S_IFREG => "regular file",
+        libc::S_IFLNK => "symlink",
+        libc::S_IFIFO => "fifo",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        _ => "object",
     }
 }
 
