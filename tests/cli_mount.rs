@@ -8,29 +8,10 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn daemon_pids(mnt: &Path) -> Vec<i32> {
-    let mut v = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"layerfs"))
-            && args.contains(&mnt.as_os_str().as_encoded_bytes())
-        {
-            v.push(pid);
-        }
-    }
-    v
-}
-
 fn wait_gone(mnt: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if daemon_pids(mnt).is_empty() && !is_mounted(mnt) {
+        if common::daemon_pids(mnt).is_empty() && !is_mounted(mnt) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -195,7 +176,7 @@ fn daemon_exits_on_sigterm_fusermount_and_lazy_umount() {
     let mnt = s.mnt();
     for how in ["sigterm", "fusermount3", "lazy"] {
         let m = s.mount(1, "");
-        let pids = daemon_pids(&mnt);
+        let pids = common::daemon_pids(&mnt);
         assert_eq!(pids.len(), 1, "{how}: expected one daemon, got {pids:?}");
         match how {
             "sigterm" => {

@@ -10,24 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn daemon_pid(mnt: &Path) -> Option<i32> {
-    for e in fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"layerfs"))
-            && args.contains(&mnt.as_os_str().as_encoded_bytes())
-        {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 fn checksum(p: &Path) -> String {
     sh_ok(&format!("md5sum < '{}'", p.display()))
 }
@@ -65,7 +47,7 @@ fn sigkill_during_copy_up_and_rename_leaves_old_or_new() {
     for it in 0..iterations {
         let m = s.mount(1, "");
         let mnt = s.mnt();
-        let pid = daemon_pid(&mnt).expect("daemon pid");
+        let pid = *common::daemon_pids(&mnt).first().expect("daemon pid");
         // Work: chmod (full copy-up of 48 MiB), append, directory renames.
         let work = format!(
             "chmod 0600 '{m}/big'; echo tail >> '{m}/big'; for d in 0 1 2 3 4; do mv '{m}/dir'$d '{m}/moved'$d 2>/dev/null || mv '{m}/moved'$d '{m}/dir'$d; done",

@@ -298,3 +298,26 @@ pub fn sh_ok(script: &str) -> String {
 pub fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
+
+/// Process ids of layerfs daemons whose command line names `mnt`.
+pub fn daemon_pids(mnt: &Path) -> Vec<i32> {
+    let mut v = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in procs.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"layerfs"))
+            && args.contains(&mnt.as_os_str().as_bytes())
+        {
+            v.push(pid);
+        }
+    }
+    v
+}
