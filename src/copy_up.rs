@@ -168,6 +168,11 @@ impl Overlay {
             Some(Some(pst.mtime)),
         );
         node.s.lock().upper_dir = Some(fd.clone());
+        // Now merged, its st_nlink changes (reported as 1) behind the kernel's cached
+        // attributes, which may be days old.
+        if let Some(notify) = self.notify_attr.get() {
+            notify(node.id);
+        }
         self.counters.copy_ups.fetch_add(1, Ordering::Relaxed);
         Ok(fd)
     }

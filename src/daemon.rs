@@ -86,6 +86,11 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(format!("mount {}: {e}", opts.mountpoint.display())),
     };
+    let notifier = session.notifier();
+    let _ = ov.notify_attr.set(Box::new(move |ino| {
+        // offset -1: attributes only. ENOENT just means the kernel holds no such inode.
+        let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
+    }));
     let mut unmounter = session.unmount_callable();
     let mnt = opts.mountpoint.clone();
     let ov_sig = ov.clone();

@@ -660,6 +660,9 @@ impl Overlay {
             .map(|p| p.id == from.id && s.name == fname)
             .unwrap_or(false);
         if is_primary || s.kind == libc::S_IFDIR {
+            if s.kind == libc::S_IFDIR {
+                node.io.lock().cache_valid = false; // its `..` changed
+            }
             s.parent = Some(to.clone());
             s.name = tname.to_vec();
         } else {

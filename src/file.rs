@@ -3,7 +3,7 @@
 use crate::copy_up::Data;
 use crate::dir::{Caller, NewKind};
 use crate::error::{err, Error, Result};
-use crate::inode::Node;
+use crate::inode::{IoState, Node};
 use crate::overlay::{Attr, Overlay};
 use crate::readdir::DirEntry;
 use crate::sys;
@@ -34,7 +34,12 @@ pub enum IoMode {
 
 /// What the adapter should answer an open with.
 pub enum IoPlan {
-    Cached,
+    /// Through the daemon; `keep_cache`: the kernel may keep the pages it has for this
+    /// inode (only layerfs changes the layers and every change it makes goes through
+    /// the kernel's page cache, except passthrough writes, after which it is dropped).
+    Cached {
+        keep_cache: bool,
+    },
     Passthrough(Arc<fuser::BackingId>),
 }
 
@@ -49,6 +54,15 @@ impl Handle {
 
 fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// Count a page-cached open; its pages may be kept if no passthrough open came between.
+fn cached_plan(io: &mut IoState, mode: &mut IoMode) -> IoPlan {
+    io.cached_opens += 1;
+    *mode = IoMode::Cached;
+    let keep_cache = io.cache_valid;
+    io.cache_valid = true;
+    IoPlan::Cached { keep_cache }
 }
 
 impl Overlay {
@@ -152,9 +166,7 @@ impl Overlay {
         // (lower!) file. Upper files and read-only mounts cannot hit that.
         let allowed = upper || self.cfg.read_only;
         if !self.passthrough.load(Ordering::Relaxed) || !allowed || io.cached_opens > 0 {
-            io.cached_opens += 1;
-            *mode = IoMode::Cached;
-            return Ok(IoPlan::Cached);
+            return Ok(cached_plan(&mut io, &mut mode));
         }
         if io.pt_opens > 0 {
             let same = io
@@ -177,6 +189,7 @@ impl Overlay {
                 let b = Arc::new(b);
                 io.backing = Some((b.clone(), upper));
                 io.pt_opens = 1;
+                io.cache_valid = false;
                 *mode = IoMode::Passthrough;
                 Ok(IoPlan::Passthrough(b))
             }
@@ -190,17 +203,23 @@ impl Overlay {
                 } else {
                     log::debug!("passthrough not possible for this file: {e}");
                 }
-                io.cached_opens += 1;
-                *mode = IoMode::Cached;
-                Ok(IoPlan::Cached)
+                Ok(cached_plan(&mut io, &mut mode))
             }
         }
     }
 
     pub fn read(&self, fh: u64, off: u64, size: u32) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; size as usize];
+        let done = self.read_into(fh, off, &mut buf)?;
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// Read up to `buf.len()` bytes at `off` (fewer only at end of file); the adapter
+    /// passes a per-thread buffer, so reads allocate nothing.
+    pub fn read_into(&self, fh: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
         let h = self.handle(fh)?;
         let fd = h.fd()?;
-        let mut buf = vec![0u8; size as usize];
         let mut done = 0usize;
         while done < buf.len() {
             let n = sys::pread(fd.as_fd(), &mut buf[done..], off + done as u64)?;
@@ -209,8 +228,7 @@ impl Overlay {
             }
             done += n;
         }
-        buf.truncate(done);
-        Ok(buf)
+        Ok(done)
     }
 
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
@@ -250,8 +268,35 @@ impl Overlay {
         if !node.is_dir() {
             return err(libc::ENOTDIR);
         }
-        let entries = self.dir_snapshot(&node)?;
-        Ok(self.add_handle(node, HandleKind::Dir(Mutex::new(entries))))
+        // The snapshot is taken by the first readdir (at position 0 it is refreshed
+        // anyway), so an opendir served from the kernel's readdir cache costs nothing.
+        Ok(self.add_handle(node, HandleKind::Dir(Mutex::new(Vec::new()))))
+    }
+
+    /// Whether the kernel may keep its cached listing of directory `ino` at this opendir;
+    /// false once after the directory moved (its `..` changed).
+    pub fn dir_keep_cache(&self, ino: u64) -> bool {
+        match self.node(ino) {
+            Ok(node) => std::mem::replace(&mut node.io.lock().cache_valid, true),
+            Err(_) => false,
+        }
+    }
+
+    /// The handle's snapshot, refreshed at position 0 and taken if there is none yet (an
+    /// empty snapshot was never taken: a taken one starts with `.` and `..`).
+    fn dir_entries<'a>(
+        &self,
+        h: &'a Handle,
+        off: u64,
+    ) -> Result<parking_lot::MutexGuard<'a, Vec<DirEntry>>> {
+        let HandleKind::Dir(entries) = &h.kind else {
+            return err(libc::ENOTDIR);
+        };
+        let mut e = entries.lock();
+        if off == 0 || e.is_empty() {
+            *e = self.dir_snapshot(&h.node)?;
+        }
+        Ok(e)
     }
 
     /// Feed entries from position `off` on to `add(next_offset, entry)` until it returns
@@ -265,14 +310,7 @@ impl Overlay {
         mut add: impl FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
         let h = self.handle(fh)?;
-        let HandleKind::Dir(entries) = &h.kind else {
-            return err(libc::ENOTDIR);
-        };
-        if off == 0 {
-            let fresh = self.dir_snapshot(&h.node)?;
-            *entries.lock() = fresh;
-        }
-        let e = entries.lock();
+        let e = self.dir_entries(&h, off)?;
         for (i, d) in e.iter().enumerate().skip(off as usize) {
             if add(i as u64 + 1, d) {
                 break;
@@ -291,31 +329,20 @@ impl Overlay {
         mut add: impl FnMut(u64, &DirEntry, Option<(&Arc<Node>, &Attr)>) -> bool,
     ) -> Result<()> {
         let h = self.handle(fh)?;
-        let HandleKind::Dir(entries) = &h.kind else {
-            return err(libc::ENOTDIR);
-        };
-        if off == 0 {
-            let fresh = self.dir_snapshot(&h.node)?;
-            *entries.lock() = fresh;
-        }
-        let snapshot: Vec<(u64, DirEntry)> = {
-            let e = entries.lock();
-            e.iter()
-                .enumerate()
-                .skip(off as usize)
-                .map(|(i, d)| (i as u64 + 1, d.clone()))
-                .collect()
-        };
-        for (next, d) in snapshot {
+        // The kernel serializes readdir on one open directory, so the snapshot is held
+        // locked while its entries are looked up (the lookups never take it).
+        let e = self.dir_entries(&h, off)?;
+        for (i, d) in e.iter().enumerate().skip(off as usize) {
+            let next = i as u64 + 1;
             if d.name == b"." || d.name == b".." {
-                if add(next, &d, None) {
+                if add(next, d, None) {
                     break;
                 }
                 continue;
             }
             match self.lookup(h.node.id, &d.name) {
                 Ok((node, attr)) => {
-                    if add(next, &d, Some((&node, &attr))) {
+                    if add(next, d, Some((&node, &attr))) {
                         self.forget(node.id, 1);
                         break;
                     }

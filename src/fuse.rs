@@ -331,7 +331,14 @@ impl Filesystem for Fs {
             Ok(IoPlan::Passthrough(b)) => {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
             }
-            Ok(IoPlan::Cached) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(IoPlan::Cached { keep_cache }) => {
+                let flags = if keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => {
                 self.ov.release(fh);
                 reply.error(errno(&e))
@@ -350,10 +357,18 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.ov.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            match self.ov.read_into(fh.0, offset, &mut buf[..size as usize]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn write(
@@ -412,7 +427,16 @@ impl Filesystem for Fs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.ov.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may cache the listing: it drops it itself when an entry is
+            // created, removed or renamed through the mount; a move of the directory
+            // itself (its `..`) is the one change it does not see.
+            Ok(fh) => {
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if self.ov.dir_keep_cache(ino.0) {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

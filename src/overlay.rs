@@ -64,6 +64,9 @@ pub struct Overlay {
     pub passthrough: AtomicBool,
     /// Serializes updates of the index's link-count records.
     index_lock: parking_lot::Mutex<()>,
+    /// Tells the kernel to drop its cached attributes of an inode that changed without a
+    /// request on it (set by the daemon once the session exists).
+    pub notify_attr: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 /// Result of resolving one name in a directory through the layer stack.
@@ -148,6 +151,7 @@ impl Overlay {
             ids: crate::idmap::IdMapper::from_options(opts),
             passthrough: AtomicBool::new(false),
             index_lock: parking_lot::Mutex::new(()),
+            notify_attr: std::sync::OnceLock::new(),
         };
         ov.probe_capabilities();
         ov.make_root()?;
