@@ -301,8 +301,8 @@ impl Overlay {
 
     /// Feed entries from position `off` on to `add(next_offset, entry)` until it returns
     /// true (buffer full). Position 0 (a new stream or rewinddir) refreshes the snapshot, so
-    /// changes made since opendir become visible as POSIX asks; otherwise the snapshot keeps
-    /// offsets stable while the directory changes.
+    /// changes made since opendir become visible as POSIX asks; offsets are per-name
+    /// cookies, valid in every snapshot, so a stream never lists a name twice.
     pub fn readdir(
         &self,
         fh: u64,
@@ -311,8 +311,9 @@ impl Overlay {
     ) -> Result<()> {
         let h = self.handle(fh)?;
         let e = self.dir_entries(&h, off)?;
-        for (i, d) in e.iter().enumerate().skip(off as usize) {
-            if add(i as u64 + 1, d) {
+        let start = e.partition_point(|d| d.cookie <= off);
+        for d in &e[start..] {
+            if add(d.cookie, d) {
                 break;
             }
         }
@@ -332,15 +333,16 @@ impl Overlay {
         // The kernel serializes readdir on one open directory, so the snapshot is held
         // locked while its entries are looked up (the lookups never take it).
         let e = self.dir_entries(&h, off)?;
-        for (i, d) in e.iter().enumerate().skip(off as usize) {
-            let next = i as u64 + 1;
+        let start = e.partition_point(|d| d.cookie <= off);
+        for d in &e[start..] {
+            let next = d.cookie;
             if d.name == b"." || d.name == b".." {
                 if add(next, d, None) {
                     break;
                 }
                 continue;
             }
-            match self.lookup(h.node.id, &d.name) {
+            match self.lookup_from(h.node.id, &d.name, d.first_layer) {
                 Ok((node, attr)) => {
                     if add(next, d, Some((&node, &attr))) {
                         self.forget(node.id, 1);

@@ -365,7 +365,20 @@ impl Overlay {
         &self,
         parent: &Node,
         name: &[u8],
+        trace: Option<&mut Vec<(String, String)>>,
+    ) -> Result<Lookup> {
+        self.resolve_from(parent, name, trace, 0)
+    }
+
+    /// [`Overlay::resolve_traced`], skipping the lower layers above `first_layer` when the
+    /// upper has nothing by that name (a readdir snapshot's hint: those layers are
+    /// immutable and hold neither the name nor a whiteout for it).
+    pub fn resolve_from(
+        &self,
+        parent: &Node,
+        name: &[u8],
         mut trace: Option<&mut Vec<(String, String)>>,
+        first_layer: usize,
     ) -> Result<Lookup> {
         macro_rules! note {
             ($layer:expr, $($arg:tt)*) => {
@@ -497,6 +510,9 @@ impl Overlay {
         while j < nlower && !stop {
             let layer = j;
             j += 1;
+            if found.is_none() && layer < first_layer {
+                continue;
+            }
             let (dirfd, ename, xwh): (Arc<OwnedFd>, Vec<u8>, bool) = if let Some(p) = &target_abs {
                 let (dpath, base) = split_last(p);
                 if base.is_empty() {
@@ -558,7 +574,10 @@ impl Overlay {
                             bstr(&ename)
                         );
                     }
-                    let wh_here = self.has_wh_file(&dirfd, &ename);
+                    // A `.wh.NAME` beside NAME only matters to directories (a non-directory
+                    // stops the descent anyway) and to `explain`.
+                    let wh_here =
+                        (st.is_dir() || trace.is_some()) && self.has_wh_file(&dirfd, &ename);
                     match &mut found {
                         None => {
                             let mut f = Found {
@@ -814,9 +833,19 @@ impl Overlay {
 
     /// lookup(2): resolve and instantiate.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<(Arc<Node>, Attr)> {
+        self.lookup_from(parent, name, 0)
+    }
+
+    /// [`Overlay::lookup`] with a readdir snapshot's layer hint (see [`Overlay::resolve_from`]).
+    pub fn lookup_from(
+        &self,
+        parent: u64,
+        name: &[u8],
+        first_layer: usize,
+    ) -> Result<(Arc<Node>, Attr)> {
         let _g = self.tree.read();
         let p = self.node(parent)?;
-        match self.resolve(&p, name)? {
+        match self.resolve_from(&p, name, None, first_layer)? {
             Lookup::Found(f) => {
                 let node = self.instantiate(&p, name, *f);
                 let attr = self.attr_of(&node)?;

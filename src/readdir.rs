@@ -17,6 +17,23 @@ pub struct DirEntry {
     pub ino: u64,
     /// S_IFMT bits.
     pub kind: u32,
+    /// The first lower layer that can hold the entry: the layers above it (immutable) have
+    /// neither the name nor a whiteout for it, so a lookup may skip them. 0 for upper
+    /// entries and `.`/`..`.
+    pub first_layer: usize,
+    /// The readdir offset of the entry after this one: `.` 1, `..` 2, then a hash of the
+    /// name (see [`Overlay::dir_snapshot`]).
+    pub cookie: u64,
+}
+
+/// Readdir cookie of a name: the same in every snapshot of every handle, so offsets stay
+/// valid across the kernel's readdir cache, concurrent streams and directory changes
+/// (a stream never sees a name twice). Fixed-key SipHash, above `.`/`..`, below i64::MAX.
+fn name_cookie(name: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(name);
+    (h.finish() >> 2) + 3
 }
 
 fn dtype_to_kind(d: u8) -> Option<u32> {
@@ -40,17 +57,17 @@ impl Overlay {
             let s = node.s.lock();
             (s.upper_dir.clone(), s.upper_xwh, s.lowers.clone())
         };
-        let mut dirs: Vec<(Arc<OwnedFd>, bool, bool)> = Vec::new();
+        let mut dirs: Vec<(Arc<OwnedFd>, bool, bool, usize)> = Vec::new();
         if let Some(u) = upper {
-            dirs.push((u, true, upper_xwh));
+            dirs.push((u, true, upper_xwh, 0));
         }
         for l in lowers {
-            dirs.push((l.fd, false, l.xwh));
+            dirs.push((l.fd, false, l.xwh, l.layer));
         }
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut hidden: HashSet<Vec<u8>> = HashSet::new();
         let mut out = Vec::new();
-        for (fd, is_upper, xwh) in dirs {
+        for (fd, is_upper, xwh, layer) in dirs {
             let layer_dev = sys::fstat(fd.as_fd())?.dev;
             let mut layer_wh: Vec<Vec<u8>> = Vec::new();
             for e in sys::read_dir(fd.as_fd())? {
@@ -108,6 +125,8 @@ impl Overlay {
                     name: e.name,
                     ino,
                     kind,
+                    first_layer: if is_upper { 0 } else { layer },
+                    cookie: 0,
                 });
                 if first_only {
                     return Ok(out);
@@ -118,7 +137,8 @@ impl Overlay {
         Ok(out)
     }
 
-    /// Snapshot of a directory for one open directory stream: `.`, `..`, then the union.
+    /// Snapshot of a directory for one open directory stream: `.`, `..`, then the union in
+    /// cookie order.
     pub fn dir_snapshot(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {
         let _g = self.tree.read();
         let mut v = Vec::new();
@@ -126,14 +146,29 @@ impl Overlay {
             name: b".".to_vec(),
             ino: node.st_ino,
             kind: libc::S_IFDIR,
+            first_layer: 0,
+            cookie: 1,
         });
         let parent_ino = node.primary().map(|(p, _)| p.st_ino).unwrap_or(node.st_ino);
         v.push(DirEntry {
             name: b"..".to_vec(),
             ino: parent_ino,
             kind: libc::S_IFDIR,
+            first_layer: 0,
+            cookie: 2,
         });
-        v.extend(self.merged_entries(node, false)?);
+        let mut rest = self.merged_entries(node, false)?;
+        for e in rest.iter_mut() {
+            e.cookie = name_cookie(&e.name);
+        }
+        rest.sort_unstable_by_key(|e| e.cookie);
+        // A hash collision (vanishingly rare) must still give distinct, increasing cookies.
+        for i in 1..rest.len() {
+            if rest[i].cookie <= rest[i - 1].cookie {
+                rest[i].cookie = rest[i - 1].cookie + 1;
+            }
+        }
+        v.extend(rest);
         Ok(v)
     }
 }
