@@ -4,7 +4,7 @@
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub const ROOT_ID: u64 = 1;
@@ -120,14 +120,22 @@ impl Node {
 pub struct InodeTable {
     map: DashMap<u64, Arc<Node>>,
     next_gen: AtomicU64,
+    /// Nodes in the table, and the most there were since memory was last given back.
+    live: AtomicUsize,
+    peak: AtomicUsize,
 }
+
+/// Give memory back once at least this many nodes (and half the peak) were forgotten.
+const TRIM_AFTER: usize = 16384;
 
 impl InodeTable {
     pub fn get(&self, id: u64) -> Option<Arc<Node>> {
         self.map.get(&id).map(|n| n.clone())
     }
     pub fn insert(&self, node: Arc<Node>) {
-        self.map.insert(node.id, node);
+        if self.map.insert(node.id, node).is_none() {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        }
     }
     pub fn next_generation(&self) -> u64 {
         self.next_gen.fetch_add(1, Ordering::Relaxed) + 1
@@ -148,6 +156,8 @@ impl InodeTable {
                 let n = make();
                 n.lookups.fetch_add(1, Ordering::AcqRel);
                 v.insert(n.clone());
+                let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+                self.peak.fetch_max(live, Ordering::Relaxed);
                 (n, true)
             }
         }
@@ -157,6 +167,7 @@ impl InodeTable {
         if id == ROOT_ID {
             return;
         }
+        let mut removed = false;
         if let dashmap::mapref::entry::Entry::Occupied(o) = self.map.entry(id) {
             let node = o.get();
             let prev = node.lookups.load(Ordering::Acquire);
@@ -164,6 +175,23 @@ impl InodeTable {
             node.lookups.store(new, Ordering::Release);
             if new == 0 {
                 o.remove();
+                removed = true;
+            }
+        }
+        if removed {
+            let live = self.live.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+            let peak = self.peak.load(Ordering::Relaxed);
+            // The kernel dropped most of its inodes (memory pressure, drop_caches):
+            // return the memory instead of keeping the high-water mark forever.
+            if peak >= live + TRIM_AFTER
+                && live < peak / 2
+                && self
+                    .peak
+                    .compare_exchange(peak, live, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.map.shrink_to_fit();
+                crate::sys::malloc_trim();
             }
         }
     }

@@ -729,6 +729,14 @@ pub fn fstatvfs(fd: Fd) -> Result<StatFs> {
     })
 }
 
+/// Give freed heap memory back to the system (glibc keeps it otherwise).
+pub fn malloc_trim() {
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
