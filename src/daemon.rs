@@ -27,12 +27,18 @@ fn fuse_config(opts: &Options, read_only: bool) -> Config {
     if read_only {
         mo.push(MountOption::RO);
     }
-    if opts.nosuid {
-        mo.push(MountOption::NoSuid);
-    }
-    if opts.nodev {
-        mo.push(MountOption::NoDev);
-    }
+    let (nosuid, nodev) = suid_dev(opts, sys::geteuid() == 0);
+    // fuser mounts nosuid,nodev unless told `suid`/`dev`, so both are always explicit.
+    mo.push(if nosuid {
+        MountOption::NoSuid
+    } else {
+        MountOption::Suid
+    });
+    mo.push(if nodev {
+        MountOption::NoDev
+    } else {
+        MountOption::Dev
+    });
     if opts.noexec {
         mo.push(MountOption::NoExec);
     }
@@ -53,6 +59,15 @@ fn fuse_config(opts: &Options, read_only: bool) -> Config {
     c.n_threads = Some(threads);
     c.clone_fd = true;
     c
+}
+
+/// (nosuid, nodev) for the mount: what the user asked for, else the kernel overlay's
+/// defaults (neither) when layerfs runs as root (also root in a user namespace, where the
+/// kernel itself keeps device nodes of the mount unusable), and nosuid,nodev otherwise:
+/// a plain user mounts through fusermount3, which forces both (and warns about `suid`/`dev`
+/// as unsafe options).
+fn suid_dev(opts: &Options, root: bool) -> (bool, bool) {
+    (opts.nosuid.unwrap_or(!root), opts.nodev.unwrap_or(!root))
 }
 
 /// Mount and serve. `ready` (daemon mode) receives one 0 byte once the mount is live, or an
@@ -169,5 +184,24 @@ pub fn run(opts: &Options) -> i32 {
             }
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suid_and_dev_default_like_the_kernel_overlay_for_root() {
+        let mut o = Options::default();
+        assert_eq!(suid_dev(&o, true), (false, false));
+        assert_eq!(suid_dev(&o, false), (true, true));
+        o.nosuid = Some(true);
+        assert_eq!(suid_dev(&o, true), (true, false));
+        o.nodev = Some(false);
+        assert_eq!(suid_dev(&o, false), (true, false));
+        let c = fuse_config(&o, false);
+        assert!(c.mount_options.contains(&MountOption::NoSuid));
+        assert!(c.mount_options.contains(&MountOption::Dev));
     }
 }

@@ -60,8 +60,10 @@ pub struct Options {
     pub allow_other: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
-    pub nosuid: bool,
-    pub nodev: bool,
+    /// `nosuid`/`suid` as given; None: decided at mount (see `daemon::fuse_config`).
+    pub nosuid: Option<bool>,
+    /// `nodev`/`dev` as given; None: decided at mount.
+    pub nodev: Option<bool>,
     pub noexec: bool,
     pub noatime: bool,
     /// `ro`: mount read-only even with an upper.
@@ -102,8 +104,8 @@ impl Default for Options {
             allow_other: false,
             allow_root: false,
             default_permissions: false,
-            nosuid: false,
-            nodev: false,
+            nosuid: None,
+            nodev: None,
             noexec: false,
             noatime: false,
             ro: false,
@@ -576,10 +578,10 @@ fn apply_option(opts: &mut Options, opt: &[u8]) -> Result<(), String> {
         "allow_other" => opts.allow_other = parse_bool(name, value)?,
         "allow_root" => opts.allow_root = parse_bool(name, value)?,
         "default_permissions" => opts.default_permissions = parse_bool(name, value)?,
-        "suid" => opts.nosuid = false,
-        "nosuid" => opts.nosuid = true,
-        "dev" => opts.nodev = false,
-        "nodev" => opts.nodev = true,
+        "suid" => opts.nosuid = Some(false),
+        "nosuid" => opts.nosuid = Some(true),
+        "dev" => opts.nodev = Some(false),
+        "nodev" => opts.nodev = Some(true),
         "exec" => opts.noexec = false,
         "noexec" => opts.noexec = true,
         "atime" | "relatime" | "strictatime" => opts.noatime = false,
@@ -1055,7 +1057,8 @@ mod tests {
         assert_eq!(o.xino.as_deref(), Some("auto"));
         assert!(!o.redirect_dir);
         assert!(o.allow_other && o.allow_root && o.default_permissions);
-        assert!(o.nosuid && o.nodev && o.noexec && o.noatime && o.ro);
+        assert!(o.nosuid == Some(true) && o.nodev == Some(true));
+        assert!(o.noexec && o.noatime && o.ro);
         let o = mount(&["-o", "lowerdir=/l,fast_ino=0,noxattrs=0,writeback=0", "/m"]);
         assert!(!o.fast_ino && !o.noxattrs && !o.writeback);
         let o = mount(&["-o", "lowerdir=/l,threaded=3,timeout=0", "/m"]);

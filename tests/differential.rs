@@ -147,11 +147,6 @@ pub const KNOWN_BUG_KERNEL_DINO_ON_LAYERFS_UPPER: (&str, &str) = (
 fn known_bug(act: &Act, r: &Runner) -> Option<&'static str> {
     let tree = r.reference();
     match act {
-        Create(a, ..) | PWrite(a, ..) | Append(a, _) | Truncate(a, _) | ReadOldFd(a)
-            if is_device(tree, a) =>
-        {
-            Some("regression_device_nodes_open_like_kernel")
-        }
         ReadOldFd(a) if is_kind(tree, a, |k| *k == Kind::File) && !r.in_layerfs_upper(a) => {
             Some("regression_fd_opened_before_copy_up_sees_new_data")
         }
@@ -200,10 +195,6 @@ fn follow<'t>(tree: &'t Snapshot, a: &ops::P) -> Option<&'t snapshot::Entry> {
 
 fn is_kind(tree: &Snapshot, a: &ops::P, f: impl Fn(&Kind) -> bool) -> bool {
     follow(tree, a).is_some_and(|e| f(&e.kind))
-}
-
-fn is_device(tree: &Snapshot, a: &ops::P) -> bool {
-    is_kind(tree, a, |k| matches!(k, Kind::Char(_) | Kind::Block(_)))
 }
 
 /// Run concrete acts (no filtering) through a fresh runner.
@@ -566,11 +557,11 @@ fn regression_kernel_on_layerfs_upper_dino_matches_st_ino() {
     run_acts_with(&[Unlink(p("odd/-leading-dash"))], false);
 }
 
-/// layerfs bug: layerfs mounts with nodev (and nosuid), fuser's defaults, where the kernel
-/// overlay mounts with neither: a device node in the union cannot be opened (EACCES) and a
-/// setuid file does not run setuid.
+/// Was a layerfs bug: layerfs mounted with nodev (and nosuid), fuser's defaults, where the
+/// kernel overlay mounts with neither: a device node in the union could not be opened
+/// (EACCES) and a setuid file did not run setuid. As root layerfs now mounts dev,suid
+/// unless told otherwise.
 #[test]
-#[ignore = "layerfs bug: mounted nodev,nosuid by default; device nodes give EACCES"]
 fn regression_device_nodes_open_like_kernel() {
     if skip("regression_device_nodes_open_like_kernel") {
         return;
@@ -586,7 +577,6 @@ fn regression_device_nodes_open_like_kernel() {
 
 /// The same bug seen in the mount flags: statvfs f_flag of the two mounts.
 #[test]
-#[ignore = "layerfs bug: mounted nodev,nosuid by default; device nodes give EACCES"]
 fn regression_mount_flags_match_kernel() {
     if skip("regression_mount_flags_match_kernel") {
         return;
