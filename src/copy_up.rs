@@ -277,22 +277,9 @@ impl Overlay {
         }
         {
             let mut s = node.s.lock();
-            let is_primary = s
-                .parent
-                .as_ref()
-                .map(|p| p.id == parent.id)
-                .unwrap_or(false)
-                && s.name == name;
-            if !s.in_upper && !is_primary {
+            if !s.in_upper {
                 // Not in the upper under any name: make this name the primary one.
-                s.aliases
-                    .retain(|(p, n)| !(p.id == parent.id && n.as_slice() == name));
-                if let Some(old) = s.parent.take() {
-                    let old_name = std::mem::take(&mut s.name);
-                    s.aliases.push((old, old_name));
-                }
-                s.parent = Some(parent.clone());
-                s.name = name.to_vec();
+                s.set_primary(parent, name);
             }
         }
         if !node.s.lock().in_upper {

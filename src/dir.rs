@@ -333,12 +333,7 @@ impl Overlay {
     /// Drop the name (parent, name) from a node; marks it deleted when no name is left.
     fn drop_name(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &[u8]) {
         let mut s = node.s.lock();
-        let is_primary = s
-            .parent
-            .as_ref()
-            .map(|p| p.id == parent.id && s.name == name)
-            .unwrap_or(false);
-        if is_primary {
+        if s.is_primary(parent.id, name) {
             if let Some((np, nn)) = s.aliases.pop() {
                 s.parent = Some(np.clone());
                 s.name = nn.clone();
@@ -654,12 +649,7 @@ impl Overlay {
         tname: &[u8],
     ) {
         let mut s = node.s.lock();
-        let is_primary = s
-            .parent
-            .as_ref()
-            .map(|p| p.id == from.id && s.name == fname)
-            .unwrap_or(false);
-        if is_primary || s.kind == libc::S_IFDIR {
+        if s.is_primary(from.id, fname) || s.kind == libc::S_IFDIR {
             s.parent = Some(to.clone());
             s.name = tname.to_vec();
         } else {

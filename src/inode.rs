@@ -62,6 +62,42 @@ pub struct NodeState {
     pub deleted: bool,
 }
 
+/// The names of a non-directory: one primary name (where its upper copy lives once it is
+/// in the upper) and the other names it is known by, each (parent, name) at most once in
+/// either place.
+impl NodeState {
+    pub fn is_primary(&self, parent: u64, name: &[u8]) -> bool {
+        self.parent.as_ref().is_some_and(|p| p.id == parent) && self.name == name
+    }
+    pub fn has_name(&self, parent: u64, name: &[u8]) -> bool {
+        self.is_primary(parent, name)
+            || self
+                .aliases
+                .iter()
+                .any(|(p, n)| p.id == parent && n.as_slice() == name)
+    }
+    /// Add (parent, name) as another name, unless it is known already.
+    pub fn add_alias(&mut self, parent: &Arc<Node>, name: &[u8]) {
+        if !self.has_name(parent.id, name) {
+            self.aliases.push((parent.clone(), name.to_vec()));
+        }
+    }
+    /// Make (parent, name) the primary name; the old primary stays as an alias.
+    pub fn set_primary(&mut self, parent: &Arc<Node>, name: &[u8]) {
+        if self.is_primary(parent.id, name) {
+            return;
+        }
+        self.aliases
+            .retain(|(p, n)| !(p.id == parent.id && n.as_slice() == name));
+        if let Some(old) = self.parent.replace(parent.clone()) {
+            let old_name = std::mem::replace(&mut self.name, name.to_vec());
+            self.aliases.push((old, old_name));
+        } else {
+            self.name = name.to_vec();
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Node {
     pub id: u64,

@@ -777,29 +777,16 @@ impl Overlay {
                 }
                 s.lower_present = f.lower_present;
             } else {
-                let same_primary = s
-                    .parent
-                    .as_ref()
-                    .map(|p| p.id == parent.id && s.name == name)
-                    .unwrap_or(false);
-                if !same_primary
-                    && !s
-                        .aliases
-                        .iter()
-                        .any(|(p, n)| p.id == parent.id && n.as_slice() == name)
-                {
-                    if s.in_upper && !f.in_upper && s.indexed {
-                        // keep the upper primary; remember this lower alias too
-                    }
-                    s.aliases.push((parent.clone(), name.to_vec()));
-                }
+                // Another name of a hard-linked object: keep every name known; a name
+                // found in the upper becomes the primary one (the old primary stays an
+                // alias, whatever order the names are met in).
+                s.add_alias(parent, name);
                 if f.in_upper || !s.in_upper {
                     s.in_upper = f.in_upper;
                     s.lower = f.lower.or(s.lower.take());
                     s.indexed = f.indexed;
                     if f.in_upper {
-                        s.parent = Some(parent.clone());
-                        s.name = name.to_vec();
+                        s.set_primary(parent, name);
                     }
                 }
                 s.lower_present = s.lower_present || f.lower_present;

@@ -63,8 +63,6 @@ pub struct Runner {
     /// step around the known layerfs bugs listed in `crate::KNOWN_BUGS` (the random
     /// sequences and fixed scenarios do; the ignored regression tests do not)
     pub tolerate_known_bugs: bool,
-    /// a DropCaches or Remount happened: layerfs may know objects by other names now
-    pub evicted: bool,
 }
 
 fn mkdirs(p: &Path) -> PathBuf {
@@ -118,7 +116,6 @@ impl Runner {
             done: Vec::new(),
             ops_compared: 0,
             tolerate_known_bugs: true,
-            evicted: false,
         }
     }
 
@@ -216,11 +213,9 @@ impl Runner {
         self.done.push(act.clone());
         let what = format!("step {} {act:?}", self.done.len() - 1);
         if *act == Act::Remount {
-            self.evicted = true;
             return self.remount(&what);
         }
         if *act == Act::DropCaches {
-            self.evicted = true;
             // no snapshot now: the next act decides what layerfs looks up first
             drop_caches();
             return Ok(());
