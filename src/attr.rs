@@ -37,7 +37,7 @@ impl Overlay {
                 return err(libc::EISDIR);
             }
             let by_handle = a.fh.and_then(|fh| self.handle(fh).ok());
-            match by_handle.as_ref().and_then(|h| h.fd().ok()) {
+            match by_handle.as_ref().and_then(|h| self.file_fd(h).ok()) {
                 Some(fd) => sys::ftruncate(fd.as_fd(), size)?,
                 None => {
                     let fd = sys::openat(dir.as_fd(), &name, libc::O_WRONLY, 0)?;
@@ -94,7 +94,7 @@ impl Overlay {
     pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<Attr> {
         let node = self.node(ino)?;
         if let Ok(h) = self.handle(fh) {
-            if let Ok(fd) = h.fd() {
+            if let Ok(fd) = self.file_fd(&h) {
                 let st = sys::fstat(fd.as_fd())?;
                 let mut attr = Attr {
                     st,

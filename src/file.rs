@@ -7,14 +7,25 @@ use crate::inode::Node;
 use crate::overlay::{Attr, Overlay};
 use crate::readdir::DirEntry;
 use crate::sys;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub enum HandleKind {
-    File(OwnedFd),
+    File(OpenFile),
     Dir(Mutex<Vec<DirEntry>>),
+}
+
+/// The real file behind an open regular file. A handle opened (read-only) while its
+/// object was still only in a lower layer switches to the upper copy on first use after a
+/// copy-up, so it sees data written since, as the kernel overlay does (>= 4.19).
+pub struct OpenFile {
+    fd: RwLock<Arc<OwnedFd>>,
+    /// The open flags, to open the copy the same way.
+    flags: i32,
+    /// `fd` is the lower object (it may have been copied up since).
+    on_lower: AtomicBool,
 }
 
 pub struct Handle {
@@ -39,12 +50,20 @@ pub enum IoPlan {
 }
 
 impl Handle {
-    pub fn fd(&self) -> Result<&OwnedFd> {
+    /// The real file as opened (see [`Overlay::file_fd`] for the current one).
+    pub fn fd(&self) -> Result<Arc<OwnedFd>> {
         match &self.kind {
-            HandleKind::File(fd) => Ok(fd),
+            HandleKind::File(f) => Ok(f.fd.read().clone()),
             HandleKind::Dir(_) => err(libc::EISDIR),
         }
     }
+}
+
+/// The data of non-directory `node` is read from its lower layer (not copied up into the
+/// upper or the hard-link index).
+fn data_on_lower(node: &Node) -> bool {
+    let s = node.s.lock();
+    !s.in_upper && !s.indexed
 }
 
 fn wants_write(flags: i32) -> bool {
@@ -70,6 +89,35 @@ impl Overlay {
             .get(&fh)
             .map(|h| h.clone())
             .ok_or_else(|| Error::from_errno(libc::EBADF))
+    }
+
+    /// The real file of an open regular file now: a handle opened on the lower object
+    /// that has been copied up since (into the upper or the hard-link index) is re-opened
+    /// on the copy first. Such a handle is always page-cached (passthrough is never used
+    /// for lower files of a writable mount), and the kernel keeps no stale pages of it:
+    /// every change of the data went through this inode, and opens do not keep the cache.
+    pub fn file_fd(&self, h: &Handle) -> Result<Arc<OwnedFd>> {
+        let HandleKind::File(f) = &h.kind else {
+            return err(libc::EISDIR);
+        };
+        if f.on_lower.load(Ordering::Acquire) && !data_on_lower(&h.node) {
+            let mut fd = f.fd.write();
+            if f.on_lower.load(Ordering::Acquire) {
+                *fd = Arc::new(self.open_real(&h.node, f.flags)?);
+                f.on_lower.store(false, Ordering::Release);
+            }
+            return Ok(fd.clone());
+        }
+        Ok(f.fd.read().clone())
+    }
+
+    fn add_file_handle(&self, node: Arc<Node>, fd: OwnedFd, flags: i32, on_lower: bool) -> u64 {
+        let f = OpenFile {
+            fd: RwLock::new(Arc::new(fd)),
+            flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
+            on_lower: AtomicBool::new(on_lower),
+        };
+        self.add_handle(node, HandleKind::File(f))
     }
 
     fn open_real(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
@@ -99,8 +147,11 @@ impl Overlay {
             };
             self.copy_up(&node, data)?;
         }
+        // Decided before the open: a copy-up in between leaves the flag set, and the first
+        // use then re-opens the copy.
+        let on_lower = !self.cfg.read_only && data_on_lower(&node);
         let fd = self.open_real(&node, flags)?;
-        Ok(self.add_handle(node, HandleKind::File(fd)))
+        Ok(self.add_file_handle(node, fd, flags, on_lower))
     }
 
     pub fn create(
@@ -113,7 +164,7 @@ impl Overlay {
     ) -> Result<(Arc<Node>, Attr, u64)> {
         let (node, attr) = self.create_object(parent, name, NewKind::File { mode }, who)?;
         let fd = self.open_real(&node, flags & !libc::O_TRUNC)?;
-        let fh = self.add_handle(node.clone(), HandleKind::File(fd));
+        let fh = self.add_file_handle(node.clone(), fd, flags, false);
         Ok((node, attr, fh))
     }
 
@@ -143,7 +194,7 @@ impl Overlay {
         make_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> Result<IoPlan> {
         let h = self.handle(fh)?;
-        let fd = h.fd()?;
+        let fd = self.file_fd(&h)?;
         let upper = h.node.s.lock().in_upper;
         let mut io = h.node.io.lock();
         let mut mode = h.mode.lock();
@@ -172,7 +223,7 @@ impl Overlay {
             log::error!("passthrough backing mismatch on inode {}", h.node.st_ino);
             return err(libc::ETXTBSY);
         }
-        match make_backing(fd) {
+        match make_backing(&fd) {
             Ok(b) => {
                 let b = Arc::new(b);
                 io.backing = Some((b.clone(), upper));
@@ -199,7 +250,7 @@ impl Overlay {
 
     pub fn read(&self, fh: u64, off: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.handle(fh)?;
-        let fd = h.fd()?;
+        let fd = self.file_fd(&h)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0usize;
         while done < buf.len() {
@@ -215,7 +266,7 @@ impl Overlay {
 
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
         let h = self.handle(fh)?;
-        let fd = h.fd()?;
+        let fd = self.file_fd(&h)?;
         let mut done = 0usize;
         while done < data.len() {
             let n = sys::pwrite(fd.as_fd(), &data[done..], off + done as u64)?;
@@ -230,19 +281,19 @@ impl Overlay {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let h = self.handle(fh)?;
         match &h.kind {
-            HandleKind::File(fd) => sys::fsync(fd.as_fd(), datasync),
+            HandleKind::File(_) => sys::fsync(self.file_fd(&h)?.as_fd(), datasync),
             HandleKind::Dir(_) => Ok(()),
         }
     }
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> Result<()> {
         let h = self.handle(fh)?;
-        sys::fallocate(h.fd()?.as_fd(), mode, off, len)
+        sys::fallocate(self.file_fd(&h)?.as_fd(), mode, off, len)
     }
 
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> Result<i64> {
         let h = self.handle(fh)?;
-        sys::lseek(h.fd()?.as_fd(), off, whence)
+        sys::lseek(self.file_fd(&h)?.as_fd(), off, whence)
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {

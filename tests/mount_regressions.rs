@@ -413,3 +413,62 @@ fn read_only_mount_refuses_writes() {
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
     }
 }
+
+/// An fd opened read-only on a lower file before a copy-up reads the upper copy after it
+/// (the kernel overlay >= 4.19): through the page cache, through the daemon once the
+/// cached pages are dropped, by fstat, and through a mapping made after the copy-up.
+#[test]
+fn fd_opened_before_copy_up_reads_the_copy() {
+    if !common::require_mount_privilege("fd_opened_before_copy_up_reads_the_copy") {
+        return;
+    }
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let s = Scratch::new();
+    fs::write(s.lower(0).join("f"), "lower data\n").unwrap();
+    let m = s.mount(1, "");
+    let mut old = fs::File::open(m.path("f")).unwrap();
+    let mut before = String::new();
+    old.read_to_string(&mut before).unwrap();
+    assert_eq!(before, "lower data\n");
+    let want = "lower data\n+new\n";
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("f"))
+        .unwrap()
+        .write_all(b"+new\n")
+        .unwrap();
+    assert_eq!(fs::read_to_string(s.upper().join("f")).unwrap(), want);
+    let read_old = |old: &mut fs::File| {
+        let mut got = String::new();
+        old.rewind().unwrap();
+        old.read_to_string(&mut got).unwrap();
+        got
+    };
+    assert_eq!(read_old(&mut old), want, "old fd, page cache");
+    assert_eq!(old.metadata().unwrap().len(), want.len() as u64, "fstat");
+    // Drop the clean cached pages: the next reads go to the daemon through the old fd.
+    let fd = old.as_raw_fd();
+    assert_eq!(
+        unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) },
+        0
+    );
+    assert_eq!(read_old(&mut old), want, "old fd, read by the daemon");
+    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let len = want.len();
+    let got = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let v = std::slice::from_raw_parts(p as *const u8, len).to_vec();
+        libc::munmap(p, len);
+        v
+    };
+    assert_eq!(String::from_utf8_lossy(&got), want, "old fd, mmap");
+}

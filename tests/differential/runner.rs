@@ -150,12 +150,6 @@ impl Runner {
         self.compare_all(what, None)
     }
 
-    /// Whether the first layerfs side's upper holds `a` itself (a copied-up or new
-    /// object rather than one still only in a lower layer).
-    pub fn in_layerfs_upper(&self, a: &P) -> bool {
-        std::fs::symlink_metadata(a.under(&self.sides[1].upper)).is_ok()
-    }
-
     /// The kernel's current tree: the state abstract ops are resolved against.
     pub fn reference(&self) -> &Snapshot {
         &self.sides[0].snap
