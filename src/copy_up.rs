@@ -344,7 +344,13 @@ impl Overlay {
             _ => return err(libc::EIO),
         }
         self.copy_xattrs(sdir.as_fd(), sname, w, &tmp)?;
-        if !st.is_lnk() || self.xattr_ns == crate::overlay::XattrNs::Trusted {
+        // user.* xattrs exist only on regular files and directories (xattr(7): EPERM on
+        // symlinks, FIFOs, sockets and devices), so without trusted.* those copy up with no
+        // origin and get the upper's inode number after a remount, as the kernel's
+        // userxattr mode does.
+        let origin_allowed = matches!(st.kind(), libc::S_IFREG | libc::S_IFDIR)
+            || self.xattr_ns == crate::overlay::XattrNs::Trusted;
+        if origin_allowed {
             if let Err(e) = self.set_origin(w, &tmp, st_ino) {
                 if !st.is_lnk() {
                     return Err(e);

@@ -93,29 +93,30 @@ impl Overlay {
     ) -> Result<()> {
         let pst = sys::fstat(pup.as_fd())?;
         let sgid = pst.mode & libc::S_ISGID != 0;
+        // A shown id no triple covers cannot be stored (the kernel's idmapped mounts say
+        // EOVERFLOW too).
+        let uid = self
+            .ids
+            .stored_uid(who.uid)
+            .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))?;
+        let caller_gid = || {
+            self.ids
+                .stored_gid(who.gid)
+                .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))
+        };
         if let Some(x) = self.ids.override_xattr() {
             let st = sys::fstatat(dir, name)?;
-            let mut pshown = pst;
-            self.present(&mut pshown, pup, b"");
+            let mut pstored = pst;
+            self.apply_override(&mut pstored, pup, b"");
             let o = crate::idmap::OverrideStat {
-                uid: who.uid,
-                gid: if sgid { pshown.gid } else { who.gid },
+                uid,
+                gid: if sgid { pstored.gid } else { caller_gid()? },
                 mode: st.mode & 0o7777,
                 kind: Some(st.kind()),
             };
             return sys::setxattr(dir, name, x, &crate::idmap::format_override(&o), 0);
         }
-        let uid = self
-            .ids
-            .uid_to_host(who.uid)
-            .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))?;
-        let gid = if sgid {
-            pst.gid
-        } else {
-            self.ids
-                .gid_to_host(who.gid)
-                .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))?
-        };
+        let gid = if sgid { pst.gid } else { caller_gid()? };
         if self.cfg.chown_new && (uid != sys::geteuid() || gid != sys::getegid()) {
             sys::fchownat(dir, name, Some(uid), Some(gid))?;
         }

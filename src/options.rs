@@ -14,7 +14,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// One `container:host:size` id mapping triple.
+/// One `container:host:size` id mapping triple (containers/storage's
+/// `ContainerID:HostID:Size`): `container` ids are the ones stored in the layers, `host` ids
+/// the ones the mount shows (see `idmap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMap {
     pub container: u32,
@@ -162,7 +164,8 @@ pub fn help_text() -> &'static str {
         "    lowerdir=L1:L2:...       read-only layers, L1 on top; '\\:' is a literal colon, '\\\\' a backslash\n",
         "    upperdir=DIR             writable layer (requires workdir)\n",
         "    workdir=DIR              scratch dir on the same filesystem as upperdir\n",
-        "    uidmapping=C:H:N[:...]   uid map, container:host:size triples (a leading ':' is allowed)\n",
+        "    uidmapping=C:H:N[:...]   uid map, container:host:size triples (a leading ':' is allowed);\n",
+        "                             stored id C shows as H\n",
         "    gidmapping=C:H:N[:...]   gid map, container:host:size triples (a leading ':' is allowed)\n",
         "    squash_to_root           show every file as owned by root\n",
         "    squash_to_uid=N          show every file as owned by uid N\n",
@@ -194,7 +197,8 @@ pub fn help_text() -> &'static str {
     )
 }
 
-/// Maps `id` through `maps`: container -> host when `to_host`, host -> container otherwise.
+/// Maps `id` through `maps`: container -> host (stored -> shown) when `to_host`, host ->
+/// container (shown -> stored) otherwise.
 /// `None` when no mapping covers `id`.
 pub fn map_id(maps: &[IdMap], id: u32, to_host: bool) -> Option<u32> {
     maps.iter().find_map(|m| {

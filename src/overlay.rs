@@ -892,20 +892,27 @@ impl Overlay {
     }
 
     /// Turn a stored stat into what the union shows: override_stat owner/mode where
-    /// xattr_permissions is on, and host ids mapped to container ids.
+    /// xattr_permissions is on, then stored ids mapped to shown ids (and squashed).
     pub fn present(&self, st: &mut Stat, dir: &OwnedFd, name: &[u8]) {
-        if let Some(x) = self.ids.override_xattr() {
-            if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
-                if let Some(o) = crate::idmap::parse_override(&v) {
-                    st.uid = o.uid;
-                    st.gid = o.gid;
-                    st.mode = (st.mode & libc::S_IFMT) | o.mode;
-                    return;
-                }
+        self.apply_override(st, dir, name);
+        st.uid = self.ids.shown_uid(st.uid);
+        st.gid = self.ids.shown_gid(st.gid);
+    }
+
+    /// Where xattr_permissions is on and the object has a valid override xattr, take owner
+    /// and mode from it. The ids stay stored ids (the override holds stored ids, as
+    /// containers/storage writes them into layers and fuse-overlayfs maps them).
+    pub(crate) fn apply_override(&self, st: &mut Stat, dir: &OwnedFd, name: &[u8]) {
+        let Some(x) = self.ids.override_xattr() else {
+            return;
+        };
+        if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
+            if let Some(o) = crate::idmap::parse_override(&v) {
+                st.uid = o.uid;
+                st.gid = o.gid;
+                st.mode = (st.mode & libc::S_IFMT) | o.mode;
             }
         }
-        st.uid = self.ids.uid_to_container(st.uid);
-        st.gid = self.ids.gid_to_container(st.gid);
     }
 
     /// The union link count recorded for a hard-linked lower object, if any change or
