@@ -332,7 +332,7 @@ impl Overlay {
 
     /// Is the real entry (dir, name) with stat `st` a whiteout? `xwh` tells whether the
     /// directory may hold xattr whiteouts (opaque=x).
-    fn is_whiteout(&self, dir: &OwnedFd, name: &[u8], st: &Stat, xwh: bool) -> bool {
+    pub(crate) fn is_whiteout(&self, dir: &OwnedFd, name: &[u8], st: &Stat, xwh: bool) -> bool {
         if whiteout::is_whiteout_stat(st) {
             return true;
         }
