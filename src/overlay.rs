@@ -40,6 +40,8 @@ pub struct Counters {
     pub copy_ups: AtomicU64,
     pub copy_up_bytes: AtomicU64,
     pub whiteouts: AtomicU64,
+    /// FUSE requests by type.
+    pub requests: crate::counters::Requests,
 }
 
 pub struct Overlay {
