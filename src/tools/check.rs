@@ -256,7 +256,7 @@ impl Checker<'_> {
                 let child = match (self.ov, node) {
                     (Some(ov), Some(n)) => match ov.resolve(n, &e.name)? {
                         Lookup::Found(f) => {
-                            let redirect = f.has_redirect;
+                            let redirect = f.has_redirect && !f.opaque;
                             let c = ov.instantiate(n, &e.name, *f);
                             if redirect && c.s.lock().lowers.is_empty() {
                                 self.add(
@@ -439,6 +439,8 @@ pub fn run(
                 None => continue,
             };
             match r {
+                // already gone through another name of the same inode
+                Err(e) if e.is(libc::ENOENT) || e.is(libc::ENODATA) => p.repaired = true,
                 Ok(()) => p.repaired = true,
                 Err(e) => p.detail.push_str(&format!(" (repair failed: {e})")),
             }
