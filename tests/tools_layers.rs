@@ -4,7 +4,8 @@
 //! absolute and relative redirects, upper and index hard links, override_stat.
 //!
 //! The export is checked by importing it as a layer on top of the same lowers and comparing
-//! the tree that mount shows with the tree the original mount shows.
+//! the tree that mount shows with the tree the original mount shows, and (where podman is
+//! installed) with what `podman diff` and `podman commit` make of the same change.
 
 mod common;
 
@@ -102,7 +103,7 @@ fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// Everything a user sees of a tree: per path, type, mode, owner, size, content, symlink
 /// target, xattrs and (for non-directories) link count; plus the hard-link groups.
-fn snapshot(root: &Path) -> (BTreeMap<String, String>, Vec<Vec<String>>) {
+fn snapshot(root: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
     let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     fn walk(
@@ -152,6 +153,19 @@ fn snapshot(root: &Path) -> (BTreeMap<String, String>, Vec<Vec<String>>) {
     let mut groups: Vec<Vec<String>> = by_ino.into_values().filter(|g| g.len() > 1).collect();
     groups.sort();
     (out, groups)
+}
+
+type Snapshot = (BTreeMap<String, String>, Vec<Vec<String>>);
+
+/// Two snapshots agree entry by entry (named in the failure), and in hard-link groups.
+fn assert_same_tree(want: &Snapshot, got: &Snapshot, what: &str) {
+    for (k, v) in &want.0 {
+        assert_eq!(got.0.get(k), Some(v), "{what}: {k} differs");
+    }
+    for k in got.0.keys() {
+        assert!(want.0.contains_key(k), "{what}: extra {k}");
+    }
+    assert_eq!(got.1, want.1, "{what}: hard-link groups");
 }
 
 fn run_ok(args: &[&str]) -> String {
@@ -225,13 +239,7 @@ fn export_reimport_shows_the_same_tree_in_every_compression() {
         let got = snapshot(&m.mnt);
         drop(m);
         lowers.clear();
-        for (k, v) in &want.0 {
-            assert_eq!(got.0.get(k), Some(v), "{name}: {k} differs");
-        }
-        for k in got.0.keys() {
-            assert!(want.0.contains_key(k), "{name}: extra {k}");
-        }
-        assert_eq!(got.1, want.1, "{name}: hard-link groups");
+        assert_same_tree(&want, &got, name);
         if name == "layer.tar" {
             listings.push(tar_listing(&tar));
         } else {
@@ -311,17 +319,248 @@ fn export_reimport_shows_the_same_tree_in_every_compression() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, raw);
-    podman_comparison(&s);
 }
 
-/// podman is optional on this machine: when present, its commit of the same change must
-/// show the same union as our export. Skipped with a visible line otherwise.
-fn podman_comparison(_s: &Scratch) {
-    if common::sh("command -v podman").status.success() {
-        eprintln!("NOTE podman is installed, but the podman comparison is not implemented yet");
-    } else {
-        eprintln!("SKIP podman comparison: podman is not installed");
+/// podman with layerfs as its mount program, in a private storage root (the system's
+/// podman storage is never touched).
+struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let t = self.dir.path();
+        std::process::Command::new("podman")
+            .env_clear()
+            .env("HOME", t)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CONTAINERS_CONF", t.join("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", t.join("storage.conf"))
+            .arg("--root")
+            .arg(t.join("root"))
+            .arg("--runroot")
+            .arg(t.join("runroot"))
+            .arg("--tmpdir")
+            .arg(t.join("tmp"))
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            .args(["--storage-driver", "overlay", "--storage-opt"])
+            .arg(format!(
+                "overlay.mount_program={}",
+                t.join("layerfs").display()
+            ))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run podman")
     }
+
+    fn ok(&self, args: &[&str]) -> Result<String, String> {
+        let o = self.run(args);
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            Err(format!(
+                "podman {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "-af", "-t", "0"]);
+        let _ = self.run(&["image", "unmount", "-af"]);
+        let _ = self.run(&["system", "reset", "-f"]);
+        let t = self.dir.path().to_path_buf();
+        if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut ms: Vec<PathBuf> = mi
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .map(PathBuf::from)
+                .filter(|m| m.starts_with(&t))
+                .collect();
+            ms.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+            for m in ms {
+                common::unmount(&m);
+            }
+        }
+    }
+}
+
+const PODMAN_CONTAINERS_CONF: &str = "[containers]
+default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]
+netns = \"none\"
+[engine]
+runtime = \"runc\"
+cgroup_manager = \"cgroupfs\"
+events_logger = \"file\"
+";
+
+/// The change made inside the container (runs in the container only).
+const PODMAN_CHANGE: &str = "set -e; echo hi > /etc/new; rm /etc/motd; mv /usr/share /usr/share2; \
+     rm -rf /var/cache; mkdir /var/cache; echo c > /var/cache/c; echo more >> /hl; \
+     chmod 600 /data/keep; rm /data/gone; ln -s x /sym; mkdir -p /new/dir; \
+     echo n > /new/dir/f; ln /new/dir/f /new/f2";
+
+/// The same change made in a podman container whose storage is mounted by layerfs:
+/// `podman diff` lists what `layerfs diff` lists, and the image `podman commit` makes shows
+/// the same tree as our export of the container's upper imported over the same base.
+/// podman is optional on this machine: without it (or when it cannot run containers here)
+/// this test prints a SKIP line.
+#[test]
+fn export_matches_podman_diff_and_commit() {
+    if !require_mount_privilege("export_matches_podman_diff_and_commit") {
+        return;
+    }
+    let have = common::sh("command -v podman && command -v runc && test -x /bin/busybox");
+    if !have.status.success() {
+        eprintln!(
+            "SKIP export_matches_podman_diff_and_commit: podman, runc or /bin/busybox is not installed"
+        );
+        return;
+    }
+    let pm = Podman {
+        dir: tempfile::Builder::new()
+            .prefix("layerfs-podman-")
+            .tempdir()
+            .unwrap(),
+    };
+    let t = pm.dir.path();
+    std::fs::copy(common::LAYERFS, t.join("layerfs")).unwrap();
+    std::fs::write(t.join("containers.conf"), PODMAN_CONTAINERS_CONF).unwrap();
+    std::fs::write(
+        t.join("storage.conf"),
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/root\"\nrunroot = \"{0}/runroot\"\n",
+            t.display()
+        ),
+    )
+    .unwrap();
+    let r = t.join("rootfs");
+    for d in ["bin", "etc", "usr/share/doc", "var/cache", "data"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    for d in ["root", "runroot", "tmp"] {
+        std::fs::create_dir_all(t.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+    for (f, c) in [
+        ("etc/motd", "motd"),
+        ("usr/share/doc/README", "doc"),
+        ("var/cache/old", "old"),
+        ("hl", "hl"),
+        ("data/keep", "k"),
+        ("data/gone", "gone"),
+    ] {
+        std::fs::write(r.join(f), c).unwrap();
+    }
+    std::fs::hard_link(r.join("hl"), r.join("hl2")).unwrap();
+    let base = t.join("base.tar");
+    let tar_out = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&r)
+        .arg("-cf")
+        .arg(&base)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(tar_out.status.success());
+    let setup = pm
+        .ok(&["import", "-q", base.to_str().unwrap(), "localhost/lfs-base"])
+        .and_then(|_| {
+            pm.ok(&[
+                "run",
+                "--name",
+                "c",
+                "localhost/lfs-base",
+                "/bin/sh",
+                "-c",
+                PODMAN_CHANGE,
+            ])
+        });
+    if let Err(e) = setup {
+        // podman is installed but cannot run containers here: not a layerfs result
+        eprintln!("SKIP export_matches_podman_diff_and_commit: {e}");
+        return;
+    }
+    let dirs = pm
+        .ok(&[
+            "inspect",
+            "c",
+            "--format",
+            "{{.GraphDriver.Data.LowerDir}} {{.GraphDriver.Data.UpperDir}} {{.GraphDriver.Data.WorkDir}}",
+        ])
+        .unwrap();
+    let v: Vec<&str> = dirs.split(' ').collect();
+    assert_eq!(v.len(), 3, "{dirs}");
+    let (lower, upper, work) = (v[0], v[1], v[2]);
+
+    // podman diff == layerfs diff, but for what the runtime creates (podman hides those)
+    let runtime = [
+        "/dev",
+        "/proc",
+        "/sys",
+        "/run",
+        "/etc/hostname",
+        "/etc/hosts",
+        "/etc/mtab",
+        "/etc/resolv.conf",
+    ];
+    let stack = |cmd: &str, extra: &[&str]| -> String {
+        let mut a = vec![
+            cmd,
+            "--lowerdir",
+            lower,
+            "--upperdir",
+            upper,
+            "--workdir",
+            work,
+        ];
+        a.extend_from_slice(extra);
+        run_ok(&a)
+    };
+    let ours: std::collections::BTreeSet<String> = stack("diff", &[])
+        .lines()
+        .filter(|l| l.starts_with("A /") || l.starts_with("C /") || l.starts_with("D /"))
+        .filter(|l| {
+            !runtime
+                .iter()
+                .any(|r| &l[2..] == *r || l[2..].starts_with(&format!("{r}/")))
+        })
+        .map(str::to_string)
+        .collect();
+    let theirs: std::collections::BTreeSet<String> = pm
+        .ok(&["diff", "c"])
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ours, theirs, "layerfs diff vs podman diff");
+
+    // podman commit's image vs our export imported over the base layer
+    pm.ok(&["commit", "-q", "c", "localhost/lfs-after"])
+        .unwrap();
+    let merged = pm.ok(&["image", "mount", "localhost/lfs-after"]).unwrap();
+    let want = snapshot(Path::new(&merged));
+    pm.ok(&["image", "unmount", "localhost/lfs-after"]).unwrap();
+    let tar = t.join("ours.tar");
+    stack("export", &["-o", tar.to_str().unwrap()]);
+    let imp = t.join("imported");
+    run_ok(&["import", "-i", tar.to_str().unwrap(), imp.to_str().unwrap()]);
+    let mnt = t.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = common::mount_layerfs(&[imp, PathBuf::from(lower)], None, None, &mnt, "");
+    let got = snapshot(&m.mnt);
+    drop(m);
+    assert!(
+        want.0.contains_key("usr/share2/doc/README"),
+        "{:?}",
+        want.0.keys()
+    );
+    assert!(!want.0.contains_key("data/gone"));
+    assert_same_tree(&want, &got, "podman commit vs our export");
 }
 
 #[test]
@@ -583,7 +822,13 @@ fn explain_on_a_live_mount_and_sigusr1_counters() {
     std::fs::write(m.path("newfile"), "data").unwrap();
     let _ = std::fs::read(m.path("etc/motd2")).unwrap();
     let _ = std::fs::read_dir(m.path("usr")).unwrap().count();
-    let pids = common::daemon_pids(Path::new("mnt"));
+    // "mnt" is relative: keep the daemon started in our directory (other tests may run
+    // `layerfs ... mnt` elsewhere at the same time)
+    let ours = std::fs::canonicalize(s.path()).unwrap();
+    let pids: Vec<i32> = common::daemon_pids(Path::new("mnt"))
+        .into_iter()
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c == ours))
+        .collect();
     assert_eq!(pids.len(), 1, "{pids:?}");
     unsafe { libc::kill(pids[0], libc::SIGUSR1) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -59,15 +59,12 @@ struct Checker<'a> {
 }
 
 fn show(comps: &[Vec<u8>]) -> String {
-    let mut s = String::new();
-    for c in comps {
-        s.push('/');
-        s.push_str(&bstr(c));
-    }
+    let s = super::show(comps);
     if s.is_empty() {
-        s.push('/');
+        "/".into()
+    } else {
+        s
     }
-    s
 }
 
 /// Whether a visible `name` exists in the lower directories (top first), as lookup sees it.

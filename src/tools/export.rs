@@ -202,29 +202,6 @@ impl Planner<'_> {
         }
         Ok(())
     }
-
-    /// Lower names of hard-linked files whose copy lives in the index but which were not
-    /// themselves modified: the union shows the index copy under them too.
-    fn index_aliases(&mut self, node: &Arc<Node>, comps: &mut Vec<Vec<u8>>) -> Result<()> {
-        let mut entries = self.full.merged_entries(node, false)?;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        for e in entries {
-            let Lookup::Found(f) = self.full.resolve(node, &e.name)? else {
-                continue;
-            };
-            let indexed = f.indexed && !f.in_upper;
-            let child = self.full.instantiate(node, &e.name, *f);
-            comps.push(e.name.clone());
-            if indexed {
-                let (dir, name) = self.full.real_loc(&child)?;
-                self.object(comps, dir, &name)?;
-            } else if child.is_dir() {
-                self.index_aliases(&child, comps)?;
-            }
-            comps.pop();
-        }
-        Ok(())
-    }
 }
 
 /// Plan the export of `full`'s upper against `lower` (the same stack without the upper).
@@ -244,14 +221,9 @@ pub(crate) fn plan(full: &Overlay, lower: &Overlay) -> Result<Vec<Item>> {
     };
     let root = full.root();
     p.walk_upper(&upper, &root, &mut Vec::new(), false)?;
-    if let Some(idx) = &full.index {
-        let has_copies = sys::read_dir(idx.as_fd())?
-            .iter()
-            .any(|e| e.name.len() == 16 && e.name.iter().all(u8::is_ascii_hexdigit));
-        if has_copies {
-            p.index_aliases(&root, &mut Vec::new())?;
-        }
-    }
+    super::index_aliases(full, &mut |comps, dir, name| {
+        p.object(comps, dir, &name).map(drop)
+    })?;
     Ok(p.items)
 }
 
@@ -289,7 +261,8 @@ fn tar_path(p: &[u8]) -> &std::path::Path {
     std::path::Path::new(std::ffi::OsStr::from_bytes(p))
 }
 
-fn io_err(e: std::io::Error) -> Error {
+/// An io::Error as our error type (errno kept).
+pub(crate) fn io_err(e: std::io::Error) -> Error {
     Error::from_errno(e.raw_os_error().unwrap_or(libc::EIO)).context(e.to_string())
 }
 

@@ -11,6 +11,7 @@
 //! targets are resolved the same way, and private overlay xattrs in the tar are dropped
 //! (they would change how layerfs reads the layer).
 
+use super::export::io_err;
 use crate::error::{Error, Result};
 use crate::overlay::{bstr, remove_contents};
 use crate::sys;
@@ -28,10 +29,6 @@ pub struct Summary {
     pub opaque_file: u64,
     pub hard_links: u64,
     pub skipped: Vec<String>,
-}
-
-fn io_err(e: std::io::Error) -> Error {
-    Error::from_errno(e.raw_os_error().unwrap_or(libc::EIO)).context(e.to_string())
 }
 
 /// Split a tar entry path into safe components (leading `/` and `.` dropped); `..` refused.

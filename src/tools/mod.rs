@@ -59,6 +59,10 @@ enum Cmd {
         lowerdir: String,
         #[arg(long)]
         upperdir: PathBuf,
+        /// The workdir (read only): lower hard links whose copy is in its index and shows
+        /// the change are listed as changed.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -145,8 +149,9 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
         Cmd::Diff {
             lowerdir,
             upperdir,
+            workdir,
             json,
-        } => diff(&lowerdir, upperdir, json),
+        } => diff(&lowerdir, upperdir, workdir, json),
         Cmd::Export {
             lowerdir,
             upperdir,
@@ -379,6 +384,52 @@ pub(crate) fn explain(ov: &Overlay, path: &std::path::Path, json: bool) -> Resul
     Ok(if visible { 0 } else { 1 })
 }
 
+/// Called with (union path, directory, name) of an object.
+pub(crate) type AliasFn<'a> =
+    dyn FnMut(&[Vec<u8>], Arc<std::os::fd::OwnedFd>, Vec<u8>) -> Result<()> + 'a;
+
+/// Every union path of a lower hard-linked file whose copy lives in the index but which
+/// was not itself modified (the union shows the index copy under it too): `f(path, dir,
+/// name)` with the copy's location. Nothing to do without an index or copies in it.
+pub(crate) fn index_aliases(full: &Overlay, f: &mut AliasFn<'_>) -> Result<()> {
+    let Some(idx) = &full.index else {
+        return Ok(());
+    };
+    let has_copies = sys::read_dir(idx.as_fd())?
+        .iter()
+        .any(|e| e.name.len() == 16 && e.name.iter().all(u8::is_ascii_hexdigit));
+    if has_copies {
+        visit_index_aliases(full, &full.root(), &mut Vec::new(), f)?;
+    }
+    Ok(())
+}
+
+fn visit_index_aliases(
+    full: &Overlay,
+    node: &Arc<Node>,
+    comps: &mut Vec<Vec<u8>>,
+    f: &mut AliasFn<'_>,
+) -> Result<()> {
+    let mut entries = full.merged_entries(node, false)?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in entries {
+        let Lookup::Found(found) = full.resolve(node, &e.name)? else {
+            continue;
+        };
+        let indexed = found.indexed && !found.in_upper;
+        let child = full.instantiate(node, &e.name, *found);
+        comps.push(e.name.clone());
+        if indexed {
+            let (dir, name) = full.real_loc(&child)?;
+            f(comps, dir, name)?;
+        } else if child.is_dir() {
+            visit_index_aliases(full, &child, comps, f)?;
+        }
+        comps.pop();
+    }
+    Ok(())
+}
+
 /// Is `path` (components) visible in the lower layers alone?
 pub(crate) fn in_lowers(lower_ov: &Overlay, comps: &[Vec<u8>]) -> Option<u32> {
     let mut node = lower_ov.root();
@@ -395,10 +446,10 @@ pub(crate) fn in_lowers(lower_ov: &Overlay, comps: &[Vec<u8>]) -> Option<u32> {
     Some(kind)
 }
 
-fn diff(lowerdir: &str, upperdir: PathBuf, json: bool) -> Result<i32> {
+fn diff(lowerdir: &str, upperdir: PathBuf, workdir: Option<PathBuf>, json: bool) -> Result<i32> {
     let (lower_ov, full_ov) = match (
         open_stack(lowerdir, None, None),
-        open_stack(lowerdir, Some(upperdir), None),
+        open_stack(lowerdir, Some(upperdir), workdir.as_deref()),
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
@@ -414,6 +465,10 @@ fn diff(lowerdir: &str, upperdir: PathBuf, json: bool) -> Result<i32> {
         .map(|u| u.root.clone())
         .expect("upper");
     walk_upper(&full_ov, &lower_ov, &upper, &mut Vec::new(), &mut changes)?;
+    index_aliases(&full_ov, &mut |comps, _, _| {
+        changes.push(('C', show(comps)));
+        Ok(())
+    })?;
     changes.sort_by(|a, b| a.1.cmp(&b.1));
     changes.dedup();
     if json {
@@ -435,7 +490,7 @@ pub(crate) fn show_rel(comps: &[Vec<u8>]) -> Vec<u8> {
     comps.join(&b'/')
 }
 
-fn show(comps: &[Vec<u8>]) -> String {
+pub(crate) fn show(comps: &[Vec<u8>]) -> String {
     let mut s = String::new();
     for c in comps {
         s.push('/');
