@@ -71,6 +71,8 @@ pub struct Options {
     /// `ro`: mount read-only even with an upper.
     pub ro: bool,
     pub context: Option<String>,
+    /// `log=FILE`: append the daemon's log (warnings, SIGUSR1 counters, `-d` requests) here.
+    pub log_file: Option<PathBuf>,
     /// Warnings to print once logging is set up (unknown/empty options...).
     pub warnings: Vec<String>,
 }
@@ -111,6 +113,7 @@ impl Default for Options {
             noexec: false,
             noatime: false,
             ro: false,
+            log_file: None,
             context: None,
             warnings: Vec::new(),
         }
@@ -151,6 +154,7 @@ pub fn help_text() -> &'static str {
     concat!(
         "usage: layerfs [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTION...] MOUNTPOINT\n",
         "       layerfs --version | --help\n",
+        "       layerfs explain|diff|export|import|check ...   (layerfs COMMAND --help)\n",
         "\n",
         "Command-line options:\n",
         "    -o OPTS, -oOPTS          comma-separated mount options (several -o groups merge, later wins)\n",
@@ -164,6 +168,7 @@ pub fn help_text() -> &'static str {
         "    lowerdir=L1:L2:...       read-only layers, L1 on top; '\\:' is a literal colon, '\\\\' a backslash\n",
         "    upperdir=DIR             writable layer (requires workdir)\n",
         "    workdir=DIR              scratch dir on the same filesystem as upperdir\n",
+        "    log=FILE                 append the daemon's log here (default: stderr in the foreground, syslog in the background)\n",
         "    uidmapping=C:H:N[:...]   uid map, container:host:size triples (a leading ':' is allowed);\n",
         "                             stored id C shows as H\n",
         "    gidmapping=C:H:N[:...]   gid map, container:host:size triples (a leading ':' is allowed)\n",
@@ -520,6 +525,7 @@ fn apply_option(opts: &mut Options, opt: &[u8]) -> Result<(), String> {
         }
         "upperdir" => opts.upperdir = Some(parse_path(name, value)?),
         "workdir" => opts.workdir = Some(parse_path(name, value)?),
+        "log" => opts.log_file = Some(parse_path(name, value)?),
         "uidmapping" => opts.uid_mappings = parse_mappings(name, value)?,
         "gidmapping" => opts.gid_mappings = parse_mappings(name, value)?,
         "squash_to_root" => opts.squash_to_root = parse_bool(name, value)?,

@@ -40,6 +40,8 @@ pub struct Counters {
     pub copy_ups: AtomicU64,
     pub copy_up_bytes: AtomicU64,
     pub whiteouts: AtomicU64,
+    /// FUSE requests by type.
+    pub requests: crate::counters::Requests,
 }
 
 pub struct Overlay {
@@ -332,7 +334,7 @@ impl Overlay {
 
     /// Is the real entry (dir, name) with stat `st` a whiteout? `xwh` tells whether the
     /// directory may hold xattr whiteouts (opaque=x).
-    fn is_whiteout(&self, dir: &OwnedFd, name: &[u8], st: &Stat, xwh: bool) -> bool {
+    pub(crate) fn is_whiteout(&self, dir: &OwnedFd, name: &[u8], st: &Stat, xwh: bool) -> bool {
         if whiteout::is_whiteout_stat(st) {
             return true;
         }
