@@ -782,22 +782,27 @@ impl Overlay {
                     .as_ref()
                     .map(|p| p.id == parent.id && s.name == name)
                     .unwrap_or(false);
-                if !same_primary
-                    && !s
-                        .aliases
+                let known = same_primary
+                    || s.aliases
                         .iter()
-                        .any(|(p, n)| p.id == parent.id && n.as_slice() == name)
-                {
-                    if s.in_upper && !f.in_upper && s.indexed {
-                        // keep the upper primary; remember this lower alias too
-                    }
+                        .any(|(p, n)| p.id == parent.id && n.as_slice() == name);
+                let becomes_primary = f.in_upper && !same_primary;
+                if !known && !becomes_primary {
                     s.aliases.push((parent.clone(), name.to_vec()));
                 }
                 if f.in_upper || !s.in_upper {
                     s.in_upper = f.in_upper;
                     s.lower = f.lower.or(s.lower.take());
                     s.indexed = f.indexed;
-                    if f.in_upper {
+                    if becomes_primary {
+                        // An upper name becomes the primary; the old primary stays known as
+                        // an alias, so unlinking either name leaves the other reachable.
+                        s.aliases
+                            .retain(|(p, n)| !(p.id == parent.id && n.as_slice() == name));
+                        if let Some(old) = s.parent.take() {
+                            let old_name = std::mem::take(&mut s.name);
+                            s.aliases.push((old, old_name));
+                        }
                         s.parent = Some(parent.clone());
                         s.name = name.to_vec();
                     }
