@@ -424,12 +424,10 @@ fn fsx_upper_no_passthrough() {
 }
 
 /// The kernel overlay (since 4.19) makes a file opened read-only before its copy-up read the
-/// copied-up data afterwards. layerfs keeps reading the lower file through such an open:
-/// after a write through another open it sees the old bytes and the old length (a page
-/// cache miss goes to the lower fd). Minimal case: open O_RDONLY, open O_RDWR (copy-up),
-/// pwrite, pread through the first open.
+/// copied-up data afterwards; so does layerfs (the handle re-opens the copy on first use
+/// after the copy-up). Minimal case: open O_RDONLY, open O_RDWR (copy-up), pwrite, pread
+/// through the first open, then random ops through both opens.
 #[test]
-#[ignore = "layerfs bug: a read-only open made before copy-up keeps reading the lower file"]
 fn fsx_read_only_open_follows_copy_up() {
     run_fsx("fsx_read_only_open_follows_copy_up", true, false, true);
     run_fsx("fsx_read_only_open_follows_copy_up_pt", true, true, true);
