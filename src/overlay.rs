@@ -231,6 +231,7 @@ impl Overlay {
                 indexed: false,
                 lower_present: false,
                 deleted: false,
+                orphan: None,
             },
             0,
         );
@@ -752,6 +753,7 @@ impl Overlay {
             indexed: f.indexed,
             lower_present: f.lower_present,
             deleted: false,
+            orphan: None,
         };
         let mut slot = Some(f);
         let (node, created) = self.inodes.get_or_insert_ref(id, || {
@@ -812,12 +814,31 @@ impl Overlay {
     }
 
     pub fn forget(&self, id: u64, n: u64) {
-        self.inodes.forget(id, n);
+        if let Some(node) = self.inodes.forget(id, n) {
+            self.drop_orphan(&node);
+        }
+    }
+
+    /// Remove the workdir copy of a deleted object once the kernel no longer holds it.
+    pub(crate) fn drop_orphan(&self, node: &Node) {
+        let Some(o) = node.s.lock().orphan.take() else {
+            return;
+        };
+        if let Ok(work) = self.work() {
+            if let Err(e) = sys::unlinkat(work.as_fd(), &o, false) {
+                log::warn!("removing orphan {}: {e}", bstr(&o));
+            }
+        }
     }
 
     /// Upper location of a non-directory: (parent's upper dir, name).
     pub fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
         let s = node.s.lock();
+        if let (true, Some(o)) = (s.deleted, &s.orphan) {
+            let o = o.clone();
+            drop(s);
+            return Ok((self.work()?.clone(), o));
+        }
         if s.kind == libc::S_IFDIR {
             return s
                 .upper_dir

@@ -455,13 +455,11 @@ fn tail(s: &str, n: usize) -> String {
 }
 
 /// The kernel overlay keeps an unlinked file usable through references taken before the
-/// unlink (an O_PATH fd, /proc/self/fd reopen, a racing open). layerfs answers ENOENT for
-/// the deleted node, and once the real upper inode number is reused by a new file (ext4
-/// does so at once) the node id is given to the new object while the kernel still holds
-/// the old inode: the old reference then gets EIO (the stress test sees this as EIO from
-/// calls racing unlink). Needs node ids that are not reused until the kernel forgets them.
+/// unlink (an O_PATH fd, /proc/self/fd reopen, a racing open). So does layerfs: the upper
+/// file lives on in the workdir as an orphan until the kernel forgets the inode, which also
+/// keeps its real inode number (and so the node id) from being given to a new file (ext4
+/// reuses freed inode numbers at once) while the kernel still holds the old inode.
 #[test]
-#[ignore = "layerfs bug: unlinked-but-referenced node gives ENOENT/EIO, node id reused before FORGET"]
 fn unlinked_file_stays_usable_through_open_references() {
     if !common::require_mount_privilege("unlinked_file_stays_usable_through_open_references") {
         return;
@@ -531,11 +529,11 @@ fn second_hard_link_survives_unlink_of_the_copied_up_first() {
 
 /// Regression (found by the stress test): opening a file that was unlinked after the kernel
 /// looked it up (here: reopening through /proc/self/fd of an O_PATH descriptor) gave ENXIO,
-/// because its name in the upper now holds a whiteout device. The object is gone: ENOENT
-/// (the kernel overlay would still open it; see the ignored test above).
+/// because its name in the upper now holds a whiteout device. Like the kernel overlay,
+/// layerfs now opens the unlinked (orphaned) copy.
 #[test]
-fn open_of_unlinked_copied_up_file_is_enoent_not_enxio() {
-    if !common::require_mount_privilege("open_of_unlinked_copied_up_file_is_enoent_not_enxio") {
+fn open_of_unlinked_copied_up_file_opens_the_orphan() {
+    if !common::require_mount_privilege("open_of_unlinked_copied_up_file_opens_the_orphan") {
         return;
     }
     use std::os::fd::AsRawFd;
@@ -549,13 +547,66 @@ fn open_of_unlinked_copied_up_file_is_enoent_not_enxio() {
         .open(m.path("f"))
         .unwrap();
     fs::remove_file(m.path("f")).unwrap();
-    let r = fs::File::open(format!("/proc/self/fd/{}", pathfd.as_raw_fd()));
-    match r {
-        Ok(mut f) => {
-            let mut d = String::new();
-            f.read_to_string(&mut d).unwrap();
-            assert_eq!(d, "upper");
-        }
-        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}"),
+    let d = fs::read_to_string(format!("/proc/self/fd/{}", pathfd.as_raw_fd()));
+    assert_eq!(d.ok().as_deref(), Some("upper"));
+    assert!(!m.path("f").exists());
+}
+
+/// A file replaced by rename(2) stays usable through references taken before, like an
+/// unlinked one; its orphan in the workdir goes once the last reference is dropped, and
+/// nothing is left behind for a remount.
+#[test]
+fn file_replaced_by_rename_stays_usable_and_orphans_are_cleaned() {
+    if !common::require_mount_privilege(
+        "file_replaced_by_rename_stays_usable_and_orphans_are_cleaned",
+    ) {
+        return;
     }
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::new();
+    fs::write(s.lower(0).join("t"), "lower t").unwrap();
+    let m = s.mount(1, "");
+    fs::write(m.path("t"), "upper t").unwrap(); // copied up, lower content below
+    fs::write(m.path("u"), "upper-only u").unwrap();
+    fs::write(m.path("src1"), "src1").unwrap();
+    fs::write(m.path("src2"), "src2").unwrap();
+    let open_path = |p: &str| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(m.path(p))
+            .unwrap()
+    };
+    let (ft, fu) = (open_path("t"), open_path("u"));
+    let ino_t = ft.metadata().unwrap().ino();
+    fs::rename(m.path("src1"), m.path("t")).unwrap();
+    fs::rename(m.path("src2"), m.path("u")).unwrap();
+    let via = |f: &fs::File| fs::read_to_string(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    assert_eq!(via(&ft).unwrap(), "upper t");
+    assert_eq!(via(&fu).unwrap(), "upper-only u");
+    assert_eq!(ft.metadata().unwrap().ino(), ino_t);
+    assert_eq!(fs::read_to_string(m.path("t")).unwrap(), "src1");
+    assert_eq!(fs::read_to_string(m.path("u")).unwrap(), "src2");
+    let orphans = || {
+        fs::read_dir(s.work().join("work"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("orphan-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(orphans() >= 2, "no orphans kept while referenced");
+    drop((ft, fu));
+    // The kernel forgets the inodes once the last reference is gone.
+    let t0 = std::time::Instant::now();
+    while orphans() > 0 && t0.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        orphans(),
+        0,
+        "orphans left after the references were dropped"
+    );
 }
