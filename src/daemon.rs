@@ -145,6 +145,13 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(format!("mount {}: {e}", opts.mountpoint.display())),
     };
+    let notifier = session.notifier();
+    let _ = ov.attr_invalidator.set(Box::new(move |ino| {
+        // Only the attributes (offset -1): no page-cache locks, safe inside a request.
+        if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {
+            log::debug!("invalidate attributes of {ino}: {e}");
+        }
+    }));
     let mut unmounter = session.unmount_callable();
     let mnt = opts.mountpoint.clone();
     let ov_sig = ov.clone();

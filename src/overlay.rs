@@ -66,6 +66,9 @@ pub struct Overlay {
     pub passthrough: AtomicBool,
     /// Serializes updates of the index's link-count records.
     index_lock: parking_lot::Mutex<()>,
+    /// Tells the kernel to drop its cached attributes of a node (set by the daemon once
+    /// the FUSE session exists; unset without a mount).
+    pub attr_invalidator: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 /// Result of resolving one name in a directory through the layer stack.
@@ -150,6 +153,7 @@ impl Overlay {
             ids: crate::idmap::IdMapper::from_options(opts),
             passthrough: AtomicBool::new(false),
             index_lock: parking_lot::Mutex::new(()),
+            attr_invalidator: std::sync::OnceLock::new(),
         };
         ov.probe_capabilities();
         ov.make_root()?;
@@ -238,6 +242,15 @@ impl Overlay {
         root.lookups.store(1, Ordering::Relaxed);
         self.inodes.insert(root);
         Ok(())
+    }
+
+    /// The attributes of node `id` changed outside a request that returns them (a
+    /// directory's copy-up makes it merged: st_nlink 1): the kernel must not keep its
+    /// cached copy.
+    pub fn invalidate_attr(&self, id: u64) {
+        if let Some(f) = self.attr_invalidator.get() {
+            f(id);
+        }
     }
 
     pub fn root(&self) -> Arc<Node> {

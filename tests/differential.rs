@@ -134,35 +134,20 @@ fn is_private(name: &str) -> bool {
         .any(|p| name.as_bytes().starts_with(p))
 }
 
-/// Known layerfs bug: (text of the problem it causes, the ignored regression test).
-pub const KNOWN_BUG_KERNEL_DINO_ON_LAYERFS_UPPER: (&str, &str) = (
-    "readdir d_ino",
-    "regression_kernel_on_layerfs_upper_dino_matches_st_ino",
-);
-
 /// Known layerfs bugs the sequences step around (skipping the act on every mount), each
 /// with the ignored `regression_*` test that reproduces it: returns that test's name when
-/// `act` would hit one in the current state. None at present (the one known bug left,
-/// [`KNOWN_BUG_KERNEL_DINO_ON_LAYERFS_UPPER`], is tolerated in the runner's checks).
+/// `act` would hit one in the current state. None at present: add a match arm here (and
+/// an ignored regression test) for a bug that cannot be fixed at once.
 fn known_bug(_act: &Act, _r: &Runner) -> Option<&'static str> {
     None
 }
 
 /// Run concrete acts (no filtering) through a fresh runner.
 fn run_acts(acts: &[Act]) {
-    run_acts_with(acts, true)
-}
-
-/// Run concrete acts; `tolerate`: step around the known bugs (false in regression tests).
-fn run_acts_with(acts: &[Act], tolerate: bool) {
     let mut r = Runner::new(Variants { wh: true });
-    r.tolerate_known_bugs = tolerate;
     let res = (|| {
         r.start()?;
         for a in acts {
-            if tolerate && known_bug(a, &r).is_some() {
-                continue;
-            }
             r.step(a)?;
         }
         r.finish()
@@ -493,19 +478,18 @@ fn concurrent_disjoint_ops_match_serial_kernel_replay() {
     }
 }
 
-/// layerfs bug: the kernel mounted on an upper written by layerfs (index=on,
-/// redirect_dir=on) reports readdir d_ino != st_ino for directories layerfs copied up:
-/// layerfs sets neither trusted.overlay.origin on them nor trusted.overlay.impure on their
-/// parent, so the kernel's merged readdir keeps the upper's native d_ino while stat gives
-/// the lower origin's st_ino (the kernel repairs the xattrs lazily, so the next mount is
-/// consistent).
+/// Was a layerfs bug: the kernel mounted on an upper written by layerfs (index=on,
+/// redirect_dir=on) reported readdir d_ino != st_ino for directories layerfs copied up:
+/// layerfs set neither overlay.origin on them nor overlay.impure on their parent, so the
+/// kernel's merged readdir kept the upper's native d_ino while stat gave the lower
+/// origin's st_ino. layerfs now marks the parent impure on every copy-up and rename of an
+/// object with a lower origin, and writes the kernel's origin file handle.
 #[test]
-#[ignore = "layerfs bug: upper lacks trusted.overlay.impure/origin, kernel d_ino != st_ino"]
 fn regression_kernel_on_layerfs_upper_dino_matches_st_ino() {
-    if skip(KNOWN_BUG_KERNEL_DINO_ON_LAYERFS_UPPER.1) {
+    if skip("regression_kernel_on_layerfs_upper_dino_matches_st_ino") {
         return;
     }
-    run_acts_with(&[Unlink(p("odd/-leading-dash"))], false);
+    run_acts(&[Unlink(p("odd/-leading-dash"))]);
 }
 
 /// Was a layerfs bug: layerfs mounted with nodev (and nosuid), fuser's defaults, where the
@@ -517,13 +501,10 @@ fn regression_device_nodes_open_like_kernel() {
     if skip("regression_device_nodes_open_like_kernel") {
         return;
     }
-    run_acts_with(
-        &[
-            Append(p("odd/null"), 1),
-            Create(p("odd/null"), 1, false, true),
-        ],
-        false,
-    );
+    run_acts(&[
+        Append(p("odd/null"), 1),
+        Create(p("odd/null"), 1, false, true),
+    ]);
 }
 
 /// The same bug seen in the mount flags: statvfs f_flag of the two mounts.
@@ -554,7 +535,7 @@ fn regression_fd_opened_before_copy_up_sees_new_data() {
     if skip("regression_fd_opened_before_copy_up_sees_new_data") {
         return;
     }
-    run_acts_with(&[ReadOldFd(p("a"))], false);
+    run_acts(&[ReadOldFd(p("a"))]);
 }
 
 /// Was a layerfs bug: after a cache drop (or remount) layerfs could learn a lower
@@ -574,5 +555,19 @@ fn regression_rename_over_hard_link_name_keeps_other_names() {
         DropCaches,
         Chown(p("e/c"), 0, 0),
         Rename(p("a"), p("e/c"), 0),
+    ]);
+}
+
+/// A new hard link to a copied-up lower file makes its directory impure too, or the
+/// kernel mounted on the layerfs upper gives the link a readdir d_ino != st_ino (found
+/// by the random sequences).
+#[test]
+fn regression_kernel_on_layerfs_upper_link_dino() {
+    if skip("regression_kernel_on_layerfs_upper_link_dino") {
+        return;
+    }
+    run_acts(&[
+        Utimens(p("a"), At(1234567890, 500), At(987654321, 0)),
+        Link(p("odd/-leading-dash"), p("d/d/c")),
     ]);
 }

@@ -472,3 +472,27 @@ fn fd_opened_before_copy_up_reads_the_copy() {
     };
     assert_eq!(String::from_utf8_lossy(&got), want, "old fd, mmap");
 }
+
+/// A directory copied up because of a change below it becomes merged, and reports
+/// st_nlink 1 (as the kernel overlay does) at once, not after the kernel's attribute
+/// cache expires (found by the differential tests as an nlink change across a remount).
+#[test]
+fn directory_copy_up_updates_cached_nlink() {
+    if !common::require_mount_privilege("directory_copy_up_updates_cached_nlink") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(0).join("d/sub")).unwrap();
+    fs::write(s.lower(0).join("d/f"), "x").unwrap();
+    let m = s.mount(1, "");
+    assert_eq!(fs::metadata(m.path("d")).unwrap().nlink(), 3);
+    sh_ok(&format!("echo y >> '{}'", m.path("d/f").display()));
+    assert_eq!(
+        fs::metadata(m.path("d")).unwrap().nlink(),
+        1,
+        "stale st_nlink"
+    );
+    drop(m);
+    let m = s.mount(1, "");
+    assert_eq!(fs::metadata(m.path("d")).unwrap().nlink(), 1);
+}

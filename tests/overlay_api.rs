@@ -307,3 +307,40 @@ fn hard_link_names_survive_forget_and_rename_over_one_name() {
     let (m, _) = ov.lookup(ROOT_ID, b"b-moved").unwrap();
     assert_eq!(read_all(&ov, m.id), "b data");
 }
+
+/// A copy-up writes the kernel's origin file handle (`struct ovl_fb` with the lower
+/// object's name_to_handle_at handle) and marks the upper parent impure, so the kernel
+/// overlay on this upper numbers the copy as its origin, in readdir too.
+#[test]
+fn copy_up_writes_kernel_origin_and_impure_parent() {
+    use layerfs::sys;
+    use std::os::fd::AsFd;
+    let e = Env::new();
+    write(&e.p("l1/sub/file"), "payload");
+    let ov = e.ov();
+    let (sub, _) = ov.lookup(ROOT_ID, b"sub").unwrap();
+    let (f, _) = ov.lookup(sub.id, b"file").unwrap();
+    chown_self(&ov, f.id);
+    let lower = fs::File::open(e.p("l1/sub")).unwrap();
+    let upper = fs::File::open(e.p("upper/sub")).unwrap();
+    let root = fs::File::open(e.p("upper")).unwrap();
+    let impure = sys::getxattr(root.as_fd(), b"", &ov.ovl_xattr("impure")).unwrap();
+    assert_eq!(impure.as_deref(), Some(b"y".as_slice()), "root not impure");
+    let impure = sys::getxattr(upper.as_fd(), b"", &ov.ovl_xattr("impure")).unwrap();
+    assert_eq!(impure.as_deref(), Some(b"y".as_slice()), "sub not impure");
+    let (Some(uuid), Ok((kind, handle))) = (
+        sys::fs_uuid(lower.as_fd()),
+        sys::name_to_handle(lower.as_fd(), b"file"),
+    ) else {
+        eprintln!("SKIP kernel origin check: no file handles or uuid on this filesystem");
+        return;
+    };
+    let fb = sys::getxattr(upper.as_fd(), b"file", &ov.ovl_xattr("origin"))
+        .unwrap()
+        .expect("overlay.origin on the copy");
+    assert_eq!(fb, layerfs::copy_up::kernel_origin_fb(kind, &handle, &uuid));
+    assert_eq!(&fb[..2], &[0, 0xfb]);
+    assert_eq!(fb[2] as usize, fb.len());
+    assert_eq!(&fb[5..21], &uuid);
+    assert_eq!(&fb[21..], &handle[..]);
+}

@@ -60,9 +60,6 @@ pub struct Runner {
     opts: SnapOpts,
     pub done: Vec<Act>,
     pub ops_compared: usize,
-    /// step around the known layerfs bugs listed in `crate::KNOWN_BUGS` (the random
-    /// sequences and fixed scenarios do; the ignored regression tests do not)
-    pub tolerate_known_bugs: bool,
 }
 
 fn mkdirs(p: &Path) -> PathBuf {
@@ -115,7 +112,6 @@ impl Runner {
             },
             done: Vec::new(),
             ops_compared: 0,
-            tolerate_known_bugs: true,
         }
     }
 
@@ -336,11 +332,6 @@ impl Runner {
             drop(m);
             let who = format!("kernel on the {} upper", s.name);
             for p in &t.problems {
-                if self.tolerate_known_bugs
-                    && p.contains(crate::KNOWN_BUG_KERNEL_DINO_ON_LAYERFS_UPPER.0)
-                {
-                    continue;
-                }
                 problems.push(format!("{who}: {p}"));
             }
             for d in diff(&reference, &t, "kernel", &who, &relaxed) {
