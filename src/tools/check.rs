@@ -336,20 +336,26 @@ impl Checker<'_> {
     }
 }
 
-/// Layerfs daemons using `upper` or `work` (pid list).
+/// Layerfs daemons with a live mount using `upper` or `work` (pid list), from their command
+/// lines and mountinfo (no mount is touched).
 fn users_of(upper: &Path, work: &Path) -> Vec<i32> {
     let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     };
     let mut v = Vec::new();
-    for (_, dev) in super::live::layerfs_mounts() {
-        if let Some((pid, o)) = super::live::find_daemon(dev) {
-            let uses = o.upperdir.as_deref().is_some_and(|u| same(u, upper))
-                || o.workdir.as_deref().is_some_and(|w| same(w, work));
-            if uses && !v.contains(&pid) {
-                v.push(pid);
-            }
+    let mounted: Vec<std::path::PathBuf> = super::live::layerfs_mounts()
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    for (pid, o) in super::live::daemons() {
+        // a daemon whose mount is gone is exiting
+        let live = mounted.contains(&o.mountpoint);
+        let uses = o.upperdir.as_deref().is_some_and(|u| same(u, upper))
+            || o.workdir.as_deref().is_some_and(|w| same(w, work));
+        let uses = live && uses;
+        if uses {
+            v.push(pid);
         }
     }
     v
