@@ -151,19 +151,31 @@ pub fn explain_mounted(path: &Path, json: bool) -> Result<i32> {
         Error::from_errno(e.raw_os_error().unwrap_or(libc::ENOENT))
             .context(format!("{}", dir.display()))
     })?;
-    let dev = std::fs::metadata(&dir)
-        .map_err(|e| Error::from_errno(e.raw_os_error().unwrap_or(libc::EIO)))?
-        .dev();
-    let Some((mnt, _)) = layerfs_mounts()
-        .into_iter()
-        .rev()
-        .find(|(m, d)| *d == dev && dir.starts_with(m))
-    else {
-        eprintln!(
-            "layerfs explain: {} is not inside a layerfs mount (give --lowerdir to explain a path in layer directories)",
-            path.display()
-        );
-        return Ok(2);
+    let dev_of = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let mounts = layerfs_mounts();
+    let inside = |p: &Path, dev: Option<u64>| {
+        mounts
+            .iter()
+            .rev()
+            .find(|(m, d)| Some(*d) == dev && p.starts_with(m))
+            .cloned()
+    };
+    let (mnt, dev, dir, last) = match inside(&dir, dev_of(&dir)) {
+        Some((m, d)) => (m, d, dir, last),
+        // PATH may be the mount's root itself
+        None => match std::fs::canonicalize(&abs)
+            .ok()
+            .and_then(|root| inside(&root, dev_of(&root)).map(|x| (x, root)))
+        {
+            Some(((m, d), root)) if root == m => (m, d, root, None),
+            _ => {
+                eprintln!(
+                    "layerfs explain: {} is not inside a layerfs mount (give --lowerdir to explain a path in layer directories)",
+                    path.display()
+                );
+                return Ok(2);
+            }
+        },
     };
     let Some((pid, opts)) = find_daemon(dev, &mnt) else {
         eprintln!(
