@@ -420,6 +420,8 @@ fn export_matches_podman_diff_and_commit() {
         );
         return;
     }
+    // The container is named "lfsctr" (not hex: a short name like "c" may also match an
+    // image id prefix, and `podman diff` would then diff the image).
     let pm = Podman {
         dir: tempfile::Builder::new()
             .prefix("layerfs-podman-")
@@ -473,7 +475,7 @@ fn export_matches_podman_diff_and_commit() {
             pm.ok(&[
                 "run",
                 "--name",
-                "c",
+                "lfsctr",
                 "localhost/lfs-base",
                 "/bin/sh",
                 "-c",
@@ -488,7 +490,7 @@ fn export_matches_podman_diff_and_commit() {
     let dirs = pm
         .ok(&[
             "inspect",
-            "c",
+            "lfsctr",
             "--format",
             "{{.GraphDriver.Data.LowerDir}} {{.GraphDriver.Data.UpperDir}} {{.GraphDriver.Data.WorkDir}}",
         ])
@@ -532,7 +534,7 @@ fn export_matches_podman_diff_and_commit() {
         .map(str::to_string)
         .collect();
     let theirs: std::collections::BTreeSet<String> = pm
-        .ok(&["diff", "c"])
+        .ok(&["container", "diff", "lfsctr"])
         .unwrap()
         .lines()
         .map(str::to_string)
@@ -540,7 +542,7 @@ fn export_matches_podman_diff_and_commit() {
     assert_eq!(ours, theirs, "layerfs diff vs podman diff");
 
     // podman commit's image vs our export imported over the base layer
-    pm.ok(&["commit", "-q", "c", "localhost/lfs-after"])
+    pm.ok(&["commit", "-q", "lfsctr", "localhost/lfs-after"])
         .unwrap();
     let merged = pm.ok(&["image", "mount", "localhost/lfs-after"]).unwrap();
     let want = snapshot(Path::new(&merged));
@@ -814,6 +816,9 @@ fn explain_on_a_live_mount_and_sigusr1_counters() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"visible\":false"));
+    // the mount's root itself
+    let root = run_ok(&["explain", m.mnt.to_str().unwrap()]);
+    assert!(root.contains("\nstat: directory"), "{root}");
     // not a layerfs path
     let out = layerfs(&["explain", "/proc/self"]);
     assert_eq!(out.status.code(), Some(2));

@@ -203,7 +203,9 @@ impl Checker<'_> {
                 }
             };
             self.check_xattrs(udir, &e.name, &st, &path);
-            if let Some(ov) = self.ov {
+            // (without the union node of this directory, e.g. below a hidden name, what its
+            // whiteouts hide is unknown: they are left alone)
+            if let (Some(ov), Some(_)) = (self.ov, node) {
                 let target = if e.name == whiteout::OPAQUE_MARKER {
                     None
                 } else if let Some(t) = whiteout::whiteout_target(&e.name) {
@@ -336,20 +338,26 @@ impl Checker<'_> {
     }
 }
 
-/// Layerfs daemons using `upper` or `work` (pid list).
+/// Layerfs daemons with a live mount using `upper` or `work` (pid list), from their command
+/// lines and mountinfo (no mount is touched).
 fn users_of(upper: &Path, work: &Path) -> Vec<i32> {
     let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     };
     let mut v = Vec::new();
-    for (_, dev) in super::live::layerfs_mounts() {
-        if let Some((pid, o)) = super::live::find_daemon(dev) {
-            let uses = o.upperdir.as_deref().is_some_and(|u| same(u, upper))
-                || o.workdir.as_deref().is_some_and(|w| same(w, work));
-            if uses && !v.contains(&pid) {
-                v.push(pid);
-            }
+    let mounted: Vec<std::path::PathBuf> = super::live::layerfs_mounts()
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
+    for (pid, o) in super::live::daemons() {
+        // a daemon whose mount is gone is exiting
+        let live = mounted.contains(&o.mountpoint);
+        let uses = o.upperdir.as_deref().is_some_and(|u| same(u, upper))
+            || o.workdir.as_deref().is_some_and(|w| same(w, work));
+        let uses = live && uses;
+        if uses {
+            v.push(pid);
         }
     }
     v
@@ -395,7 +403,13 @@ pub fn run(
     ) {
         c.check_index(&Arc::new(idx))?;
     }
-    if let Ok(staging) = sys::openat(wfd.as_fd(), b"work", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+    let users = users_of(upper, work);
+    let staging = if users.is_empty() {
+        sys::openat(wfd.as_fd(), b"work", libc::O_RDONLY | libc::O_DIRECTORY, 0).ok()
+    } else {
+        None
+    };
+    if let Some(staging) = staging {
         let staging = Arc::new(staging);
         let mut entries = sys::read_dir(staging.as_fd())?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -412,7 +426,12 @@ pub fn run(
     let root = c.ov.map(|ov| ov.root());
     c.walk(&ufd, root.as_ref(), &mut Vec::new())?;
 
-    let users = users_of(upper, work);
+    if !users.is_empty() {
+        eprintln!(
+            "layerfs check: {}/work is in use by a live mount: staging not checked",
+            work.display()
+        );
+    }
     if repair && !users.is_empty() {
         eprintln!(
             "layerfs check: in use by layerfs pid {}: not repairing (unmount first)",

@@ -72,11 +72,26 @@ pub(crate) fn layerfs_mounts() -> Vec<(PathBuf, u64)> {
     v
 }
 
-/// The daemon serving the mount with device `dev`: (pid, its options).
-pub(crate) fn find_daemon(dev: u64) -> Option<(i32, Options)> {
+/// The daemon serving the mount on `mnt` with device `dev`: (pid, its options). Daemons
+/// whose mountpoint is `mnt` are checked first, so that other mounts (whose daemons may be
+/// stuck) are only stat()ed when none matches by path.
+pub(crate) fn find_daemon(dev: u64, mnt: &Path) -> Option<(i32, Options)> {
+    let mut cands = daemons();
+    cands.sort_by_key(|(_, o)| o.mountpoint != mnt);
+    cands
+        .into_iter()
+        .find(|(_, o)| std::fs::metadata(&o.mountpoint).is_ok_and(|m| m.dev() == dev))
+}
+
+/// Every running layerfs daemon (this user can see) with its options, relative paths
+/// resolved against its working directory.
+pub(crate) fn daemons() -> Vec<(i32, Options)> {
     let here = std::env::current_dir().ok();
-    let mut found = None;
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+    let mut cands: Vec<(i32, Options)> = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return cands;
+    };
+    for e in procs.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
@@ -112,18 +127,14 @@ pub(crate) fn find_daemon(dev: u64) -> Option<(i32, Options)> {
         if std::env::set_current_dir(real.as_ref().unwrap_or(&cwd)).is_err() {
             continue;
         }
-        let parsed = options::parse_args(args.into_iter().skip(1));
-        if let Ok(Command::Mount(opts)) = parsed {
-            if std::fs::metadata(&opts.mountpoint).is_ok_and(|m| m.dev() == dev) {
-                found = Some((pid, opts));
-                break;
-            }
+        if let Ok(Command::Mount(opts)) = options::parse_args(args.into_iter().skip(1)) {
+            cands.push((pid, opts));
         }
     }
     if let Some(h) = here {
         let _ = std::env::set_current_dir(h);
     }
-    found
+    cands
 }
 
 /// Explain `path` (inside a live layerfs mount) from the layers of the daemon serving it.
@@ -140,21 +151,33 @@ pub fn explain_mounted(path: &Path, json: bool) -> Result<i32> {
         Error::from_errno(e.raw_os_error().unwrap_or(libc::ENOENT))
             .context(format!("{}", dir.display()))
     })?;
-    let dev = std::fs::metadata(&dir)
-        .map_err(|e| Error::from_errno(e.raw_os_error().unwrap_or(libc::EIO)))?
-        .dev();
-    let Some((mnt, _)) = layerfs_mounts()
-        .into_iter()
-        .rev()
-        .find(|(m, d)| *d == dev && dir.starts_with(m))
-    else {
-        eprintln!(
-            "layerfs explain: {} is not inside a layerfs mount (give --lowerdir to explain a path in layer directories)",
-            path.display()
-        );
-        return Ok(2);
+    let dev_of = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let mounts = layerfs_mounts();
+    let inside = |p: &Path, dev: Option<u64>| {
+        mounts
+            .iter()
+            .rev()
+            .find(|(m, d)| Some(*d) == dev && p.starts_with(m))
+            .cloned()
     };
-    let Some((pid, opts)) = find_daemon(dev) else {
+    let (mnt, dev, dir, last) = match inside(&dir, dev_of(&dir)) {
+        Some((m, d)) => (m, d, dir, last),
+        // PATH may be the mount's root itself
+        None => match std::fs::canonicalize(&abs)
+            .ok()
+            .and_then(|root| inside(&root, dev_of(&root)).map(|x| (x, root)))
+        {
+            Some(((m, d), root)) if root == m => (m, d, root, None),
+            _ => {
+                eprintln!(
+                    "layerfs explain: {} is not inside a layerfs mount (give --lowerdir to explain a path in layer directories)",
+                    path.display()
+                );
+                return Ok(2);
+            }
+        },
+    };
+    let Some((pid, opts)) = find_daemon(dev, &mnt) else {
         eprintln!(
             "layerfs explain: no layerfs daemon found for the mount on {} (is it in another PID namespace?)",
             mnt.display()
