@@ -375,6 +375,7 @@ impl Overlay {
         let pup = self.copy_up_dir(&p)?;
         let (in_upper, lower_present) = (f.in_upper, f.lower_present);
         let node = self.temp_node(&p, name, *f);
+        let held = if in_upper { hold(&pup, name) } else { None };
         if in_upper {
             self.remove_upper_entry(&pup, name, lower_present, false)?;
         } else {
@@ -382,6 +383,7 @@ impl Overlay {
         }
         self.adjust_union_nlink(&node, -1)?;
         self.drop_name(&node, &p, name);
+        keep_held(&node, held);
         Ok(())
     }
 
@@ -559,6 +561,11 @@ impl Overlay {
                 crate::overlay::remove_contents(&u)?;
             }
         }
+        // the object a rename replaces in the upper (kept by its node, see keep_held)
+        let held = match &dinfo {
+            Some((_, false, ..)) => hold(&npup, newname),
+            _ => None,
+        };
         let mut need_wh_at_old = src_lower_present;
         match dst_wh {
             UpperWhiteout::CharDev if src_is_dir => {
@@ -615,6 +622,7 @@ impl Overlay {
             } else {
                 self.adjust_union_nlink(dn, -1)?;
                 self.drop_name(dn, &np, newname);
+                keep_held(dn, held);
             }
         }
         self.move_name(&snode, &p, name, &np, newname);
@@ -671,5 +679,20 @@ impl Overlay {
             }
         }
         s.deleted = false;
+    }
+}
+
+/// An O_PATH handle on the upper object at (dir, name), taken before it is removed.
+fn hold(dir: &OwnedFd, name: &[u8]) -> Option<Arc<OwnedFd>> {
+    sys::openat(dir.as_fd(), name, libc::O_PATH, 0)
+        .ok()
+        .map(Arc::new)
+}
+
+/// A node whose object was removed keeps `held` (see `NodeState::held`).
+fn keep_held(node: &Arc<Node>, held: Option<Arc<OwnedFd>>) {
+    let mut s = node.s.lock();
+    if s.deleted && held.is_some() {
+        s.held = held;
     }
 }

@@ -76,7 +76,14 @@ impl Overlay {
         let (dir, name) = self.real_loc(node)?;
         let mut f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
         if name.is_empty() {
-            return err(libc::EISDIR);
+            if node.is_dir() {
+                return err(libc::EISDIR);
+            }
+            // a removed file, held by its node (NodeState::held)
+            if !wants_write(flags) {
+                f &= !libc::O_TRUNC;
+            }
+            return sys::reopen(dir.as_fd(), f);
         }
         if !wants_write(flags) {
             f &= !libc::O_TRUNC;

@@ -60,6 +60,11 @@ pub struct NodeState {
     pub lower_present: bool,
     /// The object has been removed from the union (kept while the kernel holds it).
     pub deleted: bool,
+    /// For a removed upper non-directory: an O_PATH handle on the real object, held while
+    /// the kernel references the node. Its inode stays allocated, so the upper filesystem
+    /// cannot give its number (this node's id) to a new object meanwhile, and the removed
+    /// object stays reachable (fstat, reopening) as on the kernel overlay.
+    pub held: Option<Arc<OwnedFd>>,
 }
 
 #[derive(Debug)]

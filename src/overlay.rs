@@ -229,6 +229,7 @@ impl Overlay {
                 indexed: false,
                 lower_present: false,
                 deleted: false,
+                held: None,
             },
             0,
         );
@@ -750,6 +751,7 @@ impl Overlay {
             indexed: f.indexed,
             lower_present: f.lower_present,
             deleted: false,
+            held: None,
         };
         let mut slot = Some(f);
         let (node, created) = self.inodes.get_or_insert_ref(id, || {
@@ -865,6 +867,11 @@ impl Overlay {
                 .first()
                 .map(|l| (l.fd.clone(), Vec::new()))
                 .ok_or_else(|| Error::from_errno(libc::EIO));
+        }
+        if s.deleted {
+            if let Some(h) = &s.held {
+                return Ok((h.clone(), Vec::new()));
+            }
         }
         if s.in_upper {
             drop(s);

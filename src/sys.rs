@@ -298,6 +298,13 @@ pub fn fchmodat(dir: Fd, name: &[u8], mode: u32) -> Result<()> {
         .map(drop)
 }
 
+/// Open the object an (O_PATH) fd refers to anew, with `flags`, through /proc/self/fd.
+pub fn reopen(fd: Fd, flags: i32) -> Result<OwnedFd> {
+    let c = cstr(&proc_fd_path(fd.as_raw_fd(), None))?;
+    let fd = retry(|| check(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) }))?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn fchmod_path_fd(fd: Fd, mode: u32) -> Result<()> {
     // Works for O_PATH fds too, through /proc/self/fd.
     let p = proc_fd_path(fd.as_raw_fd(), None);

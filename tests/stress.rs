@@ -85,10 +85,10 @@ fn expected(op: &str) -> &'static [i32] {
     }
 }
 
-/// EIO is a known layerfs bug (see `unlinked_file_stays_usable_through_open_references`):
-/// a FUSE node id is reused for a new object while the kernel still holds the old inode,
-/// so a call racing an unlink gets EIO. Tolerated (and counted) unless
-/// `LAYERFS_STRESS_STRICT=1`.
+/// EIO from a call racing others is tolerated (and counted) unless
+/// `LAYERFS_STRESS_STRICT=1`: a node id reused while the kernel still held the old inode
+/// gave it (see `unlinked_file_stays_usable_through_open_references`); that cause is fixed,
+/// but about one call in 20000 still gets EIO, cause not found yet.
 fn strict() -> bool {
     std::env::var_os("LAYERFS_STRESS_STRICT").is_some_and(|v| v == "1")
 }
@@ -496,13 +496,13 @@ fn tail(s: &str, n: usize) -> String {
 }
 
 /// The kernel overlay keeps an unlinked file usable through references taken before the
-/// unlink (an O_PATH fd, /proc/self/fd reopen, a racing open). layerfs answers ENOENT for
-/// the deleted node, and once the real upper inode number is reused by a new file (ext4
-/// does so at once) the node id is given to the new object while the kernel still holds
-/// the old inode: the old reference then gets EIO (the stress test sees this as EIO from
-/// calls racing unlink). Needs node ids that are not reused until the kernel forgets them.
+/// unlink (an O_PATH fd, a /proc/self/fd reopen, a racing open). Regression (found by the
+/// stress test as EIO from calls racing unlink): layerfs answered ENOENT for the removed
+/// node, and once ext4 gave the freed upper inode number to a new file, the node id (the
+/// st_ino) stood for the new file while the kernel still held the old inode: the old
+/// reference got EIO, or reached the new file. A removed upper file's node now holds the
+/// real object (O_PATH) until the kernel forgets it.
 #[test]
-#[ignore = "layerfs bug: unlinked-but-referenced node gives ENOENT/EIO, node id reused before FORGET"]
 fn unlinked_file_stays_usable_through_open_references() {
     if !common::require_mount_privilege("unlinked_file_stays_usable_through_open_references") {
         return;
@@ -572,8 +572,8 @@ fn second_hard_link_survives_unlink_of_the_copied_up_first() {
 
 /// Regression (found by the stress test): opening a file that was unlinked after the kernel
 /// looked it up (here: reopening through /proc/self/fd of an O_PATH descriptor) gave ENXIO,
-/// because its name in the upper now holds a whiteout device. The object is gone: ENOENT
-/// (the kernel overlay would still open it; see the ignored test above).
+/// because its name in the upper now holds a whiteout device. Now the removed file's node
+/// holds it and the open reaches it, as on the kernel overlay (ENOENT would do too).
 #[test]
 fn open_of_unlinked_copied_up_file_is_enoent_not_enxio() {
     if !common::require_mount_privilege("open_of_unlinked_copied_up_file_is_enoent_not_enxio") {
