@@ -65,25 +65,30 @@ struct Shared {
     unexpected: Mutex<Vec<String>>,
 }
 
+/// The errnos each operation may give when others race it, besides ELOOP (directory
+/// components can be symlinks that point at each other), which every operation on the
+/// shared namespace may give. EPERM for setxattr: user.* xattrs on a symlink.
 fn expected(op: &str) -> &'static [i32] {
     use libc::*;
     match op {
         "create" | "write" | "read" | "truncate" | "unlink" => &[ENOENT, ENOTDIR, EISDIR],
         "rename" => &[ENOENT, ENOTDIR, EISDIR, ENOTEMPTY, EEXIST, EINVAL],
+        "exchange" => &[ENOENT, ENOTDIR, EISDIR, EINVAL],
         "link" => &[ENOENT, ENOTDIR, EEXIST, EPERM],
-        "mkdir" => &[ENOENT, ENOTDIR, EEXIST],
+        "mkdir" | "symlink" => &[ENOENT, ENOTDIR, EEXIST],
         "rmdir" => &[ENOENT, ENOTDIR, ENOTEMPTY],
-        "readdir" | "setxattr" | "stat" => &[ENOENT, ENOTDIR],
+        "readdir" | "chmod" | "stat" => &[ENOENT, ENOTDIR],
+        "setxattr" => &[ENOENT, ENOTDIR, EPERM],
         "getxattr" => &[ENOENT, ENOTDIR, ENODATA],
-        "copyup" => &[],
+        // copyup and anything else: no error at all
         _ => &[],
     }
 }
 
-/// EIO is a known layerfs bug (see `unlinked_file_stays_usable_through_open_references`):
-/// a FUSE node id is reused for a new object while the kernel still holds the old inode,
-/// so a call racing an unlink gets EIO. Tolerated (and counted) unless
-/// `LAYERFS_STRESS_STRICT=1`.
+/// EIO from a call racing others is tolerated (and counted) unless
+/// `LAYERFS_STRESS_STRICT=1`: a node id reused while the kernel still held the old inode
+/// gave it (see `unlinked_file_stays_usable_through_open_references`); that cause is fixed,
+/// but about one call in 20000 still gets EIO, cause not found yet.
 fn strict() -> bool {
     std::env::var_os("LAYERFS_STRESS_STRICT").is_some_and(|v| v == "1")
 }
@@ -110,8 +115,10 @@ impl Shared {
         };
         *self.counts.lock().unwrap().entry((op, errno)).or_default() += 1;
         let known_bug = errno == libc::EIO && !strict();
+        let eloop = errno == libc::ELOOP && op != "copyup";
         if errno != 0
             && !expected(op).contains(&errno)
+            && !eloop
             && !known_bug
             && !self.stop.load(Ordering::Relaxed)
         {
@@ -213,7 +220,7 @@ fn mixed(sh: &Shared, w: usize, seed: u64, until: Instant) {
         let both = format!("{what} {}", q.strip_prefix(&sh.mnt).unwrap().display());
         let len = rng.below(20000) as usize;
         let byte = rng.next() as u8;
-        match rng.below(17) {
+        match rng.below(21) {
             0 => sh.run(w, "create", what, || {
                 let mut f = fs::OpenOptions::new()
                     .write(true)
@@ -253,6 +260,35 @@ fn mixed(sh: &Shared, w: usize, seed: u64, until: Instant) {
             }),
             13 => sh.run(w, "getxattr", what, || xattr(&p, b"user.stress", None)),
             14 => sh.run(w, "stat", what, || fs::symlink_metadata(&p).map(|_| ())),
+            15 => {
+                let target = *rng.pick(&["f0", "s0", "../f1", "n0/f2", "x", "."]);
+                sh.run(w, "symlink", format!("{what} -> {target}"), || {
+                    std::os::unix::fs::symlink(target, &p)
+                })
+            }
+            16 => {
+                let mode = *rng.pick(&[0o644, 0o600, 0o755, 0o4755, 0o1777]);
+                sh.run(w, "chmod", what, || {
+                    fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                })
+            }
+            17 => sh.run(w, "exchange", both, || {
+                let (a, b) = (cpath(&p), cpath(&q));
+                let r = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                if r < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            }),
             _ => {
                 let k = rng.below(CU_FILES as u64) as usize;
                 let p = sh.mnt.join(format!("cu2/f{k}"));
@@ -267,6 +303,11 @@ fn mixed(sh: &Shared, w: usize, seed: u64, until: Instant) {
             }
         }
     }
+}
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
 fn xattr(p: &Path, name: &[u8], set: Option<&[u8]>) -> std::io::Result<()> {
