@@ -375,6 +375,7 @@ impl Overlay {
         let (in_upper, lower_present) = (f.in_upper, f.lower_present);
         let node = self.temp_node(&p, name, *f);
         if in_upper {
+            self.refresh_stale_handles(&node);
             self.remove_upper_entry(&pup, name, lower_present, false)?;
         } else {
             self.create_whiteout(pup.as_fd(), name)?;
@@ -566,6 +567,9 @@ impl Overlay {
             if let Some(u) = dn.s.lock().upper_dir.clone() {
                 crate::overlay::remove_contents(&u)?;
             }
+        }
+        if let Some((dn, false, ..)) = &dinfo {
+            self.refresh_stale_handles(dn);
         }
         let mut need_wh_at_old = src_lower_present;
         match dst_wh {
