@@ -102,11 +102,11 @@ impl Overlay {
                     st,
                     ino: node.st_ino,
                 };
-                if let Ok(a) = self.attr_of(&node) {
-                    attr.st.nlink = a.st.nlink;
-                } else {
-                    attr.st.nlink = 0;
-                }
+                let deleted = node.s.lock().deleted;
+                attr.st.nlink = match self.attr_of(&node) {
+                    Ok(a) if !deleted => a.st.nlink,
+                    _ => 0,
+                };
                 return Ok(attr);
             }
         }

@@ -443,6 +443,9 @@ impl Overlay {
         let pup = self.copy_up_dir(&p)?;
         let (in_upper, lower_present) = (f.in_upper, f.lower_present);
         let node = self.temp_node(&p, name, *f);
+        if in_upper {
+            self.refresh_stale_handles(&node);
+        }
         if in_upper && self.needs_orphan(&node, &p, name) {
             self.orphan_upper_entry(&pup, name, lower_present, &node)?;
         } else if in_upper {
@@ -637,6 +640,9 @@ impl Overlay {
             if let Some(u) = dn.s.lock().upper_dir.clone() {
                 crate::overlay::remove_contents(&u)?;
             }
+        }
+        if let Some((dn, false, ..)) = &dinfo {
+            self.refresh_stale_handles(dn);
         }
         // A replaced upper file the kernel still holds lives on as an orphan: link it into
         // the workdir first (if a later step fails, the link stays there until the next

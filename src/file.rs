@@ -103,12 +103,38 @@ impl Overlay {
         if f.on_lower.load(Ordering::Acquire) && !data_on_lower(&h.node) {
             let mut fd = f.fd.write();
             if f.on_lower.load(Ordering::Acquire) {
-                *fd = Arc::new(self.open_real(&h.node, f.flags)?);
-                f.on_lower.store(false, Ordering::Release);
+                match self.open_real(&h.node, f.flags) {
+                    Ok(copy) => *fd = Arc::new(copy),
+                    // No name of the copy is left (unlinked since): keep the lower file.
+                    Err(e) => log::debug!("re-open after copy-up of {}: {e}", h.node.st_ino),
+                }
+                // (swap: exactly one of this and release counts the handle out)
+                if f.on_lower.swap(false, Ordering::AcqRel) {
+                    let mut io = h.node.io.lock();
+                    io.stale_opens = io.stale_opens.saturating_sub(1);
+                }
             }
             return Ok(fd.clone());
         }
         Ok(f.fd.read().clone())
+    }
+
+    /// Before an upper name of non-directory `node` is removed (it may be the last one):
+    /// switch the handles opened on its lower file before its copy-up to the copy while
+    /// it can still be opened by name, so they keep reading it once it is unlinked.
+    pub(crate) fn refresh_stale_handles(&self, node: &Node) {
+        if node.io.lock().stale_opens == 0 || data_on_lower(node) {
+            return;
+        }
+        let stale: Vec<Arc<Handle>> = self
+            .handles
+            .iter()
+            .filter(|h| h.node.id == node.id)
+            .map(|h| h.clone())
+            .collect();
+        for h in stale {
+            let _ = self.file_fd(&h);
+        }
     }
 
     fn add_file_handle(&self, node: Arc<Node>, fd: OwnedFd, flags: i32, on_lower: bool) -> u64 {
@@ -159,6 +185,9 @@ impl Overlay {
         // use then re-opens the copy.
         let on_lower = !self.cfg.read_only && data_on_lower(&node);
         let fd = self.open_real(&node, flags)?;
+        if on_lower {
+            node.io.lock().stale_opens += 1;
+        }
         Ok(self.add_file_handle(node, fd, flags, on_lower))
     }
 
@@ -180,8 +209,11 @@ impl Overlay {
         let Some((_, h)) = self.handles.remove(&fh) else {
             return;
         };
-        if let HandleKind::File(_) = h.kind {
+        if let HandleKind::File(f) = &h.kind {
             let mut io = h.node.io.lock();
+            if f.on_lower.swap(false, Ordering::AcqRel) {
+                io.stale_opens = io.stale_opens.saturating_sub(1);
+            }
             match *h.mode.lock() {
                 IoMode::Passthrough => {
                     io.pt_opens = io.pt_opens.saturating_sub(1);

@@ -123,6 +123,8 @@ pub struct IoState {
     pub backing: Option<(Arc<fuser::BackingId>, bool)>,
     pub pt_opens: u32,
     pub cached_opens: u32,
+    /// Open handles still on the lower file (opened before a copy-up, not used since).
+    pub stale_opens: u32,
 }
 
 impl Node {

@@ -996,7 +996,26 @@ impl Overlay {
 
     pub fn getattr(&self, id: u64) -> Result<Attr> {
         let node = self.node(id)?;
-        self.attr_of(&node)
+        if !node.s.lock().deleted {
+            return self.attr_of(&node);
+        }
+        // Removed from the union but still in use (fstat of an unlinked open file, which
+        // the kernel may ask without a handle): its old name may hold a whiteout or
+        // another object now. Answer from an open handle of the node.
+        let fh = self
+            .handles
+            .iter()
+            .find(|h| h.node.id == id && h.fd().is_ok())
+            .map(|h| *h.key());
+        if let Some(fh) = fh {
+            return self.getattr_fh(id, fh);
+        }
+        let mut a = self.attr_of(&node)?;
+        if a.st.kind() != node.kind() {
+            return err(libc::ENOENT);
+        }
+        a.st.nlink = 0;
+        Ok(a)
     }
 
     pub fn statfs(&self) -> Result<sys::StatFs> {
