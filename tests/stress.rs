@@ -600,3 +600,26 @@ fn open_of_unlinked_copied_up_file_is_enoent_not_enxio() {
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}"),
     }
 }
+
+/// Regression (from the stress test's EIO hunt): a removed node found again through a name
+/// it did not know (another hard link) got a new generation, which makes the kernel mark
+/// the inode it still holds bad: an open file of the removed name then gave EIO.
+#[test]
+fn hard_link_found_after_unlink_keeps_open_files_working() {
+    if !common::require_mount_privilege("hard_link_found_after_unlink_keeps_open_files_working") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::write(s.lower(0).join("a"), "linked").unwrap();
+    fs::hard_link(s.lower(0).join("a"), s.lower(0).join("b")).unwrap();
+    let m = s.mount(1, "");
+    let f = fs::File::open(m.path("a")).unwrap();
+    fs::remove_file(m.path("a")).unwrap();
+    // the kernel looks `b` up now: the same object as the removed `a`
+    assert_eq!(fs::read_to_string(m.path("b")).unwrap(), "linked");
+    let md = f.metadata();
+    assert!(md.is_ok(), "fstat of the open, unlinked name: {md:?}");
+    let mut d = String::new();
+    (&f).read_to_string(&mut d).unwrap();
+    assert_eq!(d, "linked");
+}
