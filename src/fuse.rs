@@ -617,14 +617,32 @@ impl Filesystem for Fs {
             .create(parent.0, name.as_bytes(), mode, flags, caller(req))
         {
             Ok((node, attr, fh)) => {
-                let generation = node.generation.load(std::sync::atomic::Ordering::Relaxed);
-                reply.created(
-                    &self.ttl,
-                    &file_attr(&attr),
-                    Generation(generation),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                )
+                let generation = Generation(node.generation.load(Ordering::Relaxed));
+                let fa = file_attr(&attr);
+                // The same I/O-mode bookkeeping as open: the kernel fails a later open of
+                // the file with EIO if it is told passthrough while this one is cached.
+                match self.ov.plan_io(fh, |fd| reply.open_backing(fd)) {
+                    Ok(IoPlan::Passthrough(b)) => reply.created_passthrough(
+                        &self.ttl,
+                        &fa,
+                        generation,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &b,
+                    ),
+                    Ok(IoPlan::Cached) => reply.created(
+                        &self.ttl,
+                        &fa,
+                        generation,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                    Err(e) => {
+                        self.ov.release(fh);
+                        self.ov.forget(node.id, 1);
+                        reply.error(errno(&e))
+                    }
+                }
             }
             Err(e) => {
                 log::debug!("create: {e}");

@@ -777,10 +777,16 @@ impl Overlay {
             let f = slot.take().unwrap();
             let mut s = node.s.lock();
             if s.deleted || s.kind != kind {
-                // The id was reused by another object: start over with a new generation.
+                // Found again after its removal: the same object (a removed upper object's
+                // node holds it, so its number is not reused meanwhile), reached through a
+                // name the node did not know, e.g. another hard link. Only an object of
+                // another type is a new object, which needs a new generation (the kernel
+                // marks the inode of an id whose generation changes bad: EIO).
+                if s.kind != kind {
+                    node.generation
+                        .store(self.inodes.next_generation(), Ordering::Relaxed);
+                }
                 *s = make_state(f);
-                node.generation
-                    .store(self.inodes.next_generation(), Ordering::Relaxed);
             } else if kind == libc::S_IFDIR {
                 s.parent = Some(parent.clone());
                 s.name = name.to_vec();

@@ -85,12 +85,13 @@ fn expected(op: &str) -> &'static [i32] {
     }
 }
 
-/// EIO from a call racing others is tolerated (and counted) unless
-/// `LAYERFS_STRESS_STRICT=1`: a node id reused while the kernel still held the old inode
-/// gave it (see `unlinked_file_stays_usable_through_open_references`); that cause is fixed,
-/// but about one call in 20000 still gets EIO, cause not found yet.
+/// EIO from a call racing others is tolerated (and counted) when
+/// `LAYERFS_STRESS_STRICT=0`; by default it fails the test. Its causes found so far are
+/// fixed (node ids reused while the kernel held the old inode, new generations for the same
+/// object, created files not counted in the passthrough bookkeeping; see the regression
+/// tests below).
 fn strict() -> bool {
-    std::env::var_os("LAYERFS_STRESS_STRICT").is_some_and(|v| v == "1")
+    std::env::var_os("LAYERFS_STRESS_STRICT").is_none_or(|v| v != "0")
 }
 
 fn gettid() -> i32 {
@@ -650,4 +651,55 @@ fn file_replaced_by_rename_stays_usable_and_orphans_are_cleaned() {
         0,
         "orphans left after the references were dropped"
     );
+}
+
+/// Regression (from the stress test's EIO hunt): a removed node found again through a name
+/// it did not know (another hard link) got a new generation, which makes the kernel mark
+/// the inode it still holds bad: an open file of the removed name then gave EIO.
+#[test]
+fn hard_link_found_after_unlink_keeps_open_files_working() {
+    if !common::require_mount_privilege("hard_link_found_after_unlink_keeps_open_files_working") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::write(s.lower(0).join("a"), "linked").unwrap();
+    fs::hard_link(s.lower(0).join("a"), s.lower(0).join("b")).unwrap();
+    let m = s.mount(1, "");
+    let f = fs::File::open(m.path("a")).unwrap();
+    fs::remove_file(m.path("a")).unwrap();
+    // the kernel looks `b` up now: the same object as the removed `a`
+    assert_eq!(fs::read_to_string(m.path("b")).unwrap(), "linked");
+    let md = f.metadata();
+    assert!(md.is_ok(), "fstat of the open, unlinked name: {md:?}");
+    let mut d = String::new();
+    (&f).read_to_string(&mut d).unwrap();
+    assert_eq!(d, "linked");
+}
+
+/// Regression (the stress test's remaining EIO): a file created through the mount was
+/// answered in cached I/O mode without being counted, so a second open while the first
+/// was still open was answered with FUSE passthrough, which the kernel refuses for an
+/// inode with cached opens: EIO. Checked with and without passthrough.
+#[test]
+fn open_while_created_file_is_open() {
+    if !common::require_mount_privilege("open_while_created_file_is_open") {
+        return;
+    }
+    for extra in ["", "writeback=1"] {
+        let s = Scratch::new();
+        let m = s.mount(1, extra);
+        let mut w = fs::File::create(m.path("new")).unwrap();
+        w.write_all(b"one\n").unwrap();
+        let r = fs::read_to_string(m.path("new"));
+        assert_eq!(
+            r.as_deref().ok(),
+            Some("one\n"),
+            "{extra}: second open: {r:?}"
+        );
+        let rw = fs::OpenOptions::new().append(true).open(m.path("new"));
+        assert!(rw.is_ok(), "{extra}: third open: {rw:?}");
+        rw.unwrap().write_all(b"two\n").unwrap();
+        drop(w);
+        assert_eq!(fs::read_to_string(m.path("new")).unwrap(), "one\ntwo\n");
+    }
 }
