@@ -217,3 +217,15 @@ pub fn explain_mounted(path: &Path, json: bool) -> Result<i32> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape(b"/a\\040b\\011c"), b"/a b\tc");
+        assert_eq!(unescape(b"/x\\134"), b"/x\\");
+        assert_eq!(unescape(b"/short\\04"), b"/short\\04");
+    }
+}
