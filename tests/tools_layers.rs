@@ -859,3 +859,74 @@ fn explain_on_a_live_mount_and_sigusr1_counters() {
     assert!(num("readdir") + num("readdirplus") >= 1, "{line}");
     assert!(num("total") >= num("lookup") + num("create"), "{line}");
 }
+
+/// A background daemon without `log=` logs to syslog once detached: run it in a private
+/// mount namespace whose /dev (a tmpfs with null and fuse nodes) has /dev/log bound to a
+/// datagram socket this test reads, and look for the SIGUSR1 counters there.
+#[test]
+fn background_daemon_logs_counters_to_syslog() {
+    if !require_mount_privilege("background_daemon_logs_counters_to_syslog") {
+        return;
+    }
+    let s = Scratch::new();
+    std::fs::write(s.lower(0).join("f"), "x").unwrap();
+    let sock_path = s.path().join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // The namespace lives as long as the daemon; the mount is only visible inside it, so
+    // the daemon is found by its command line and stopped with SIGTERM.
+    let script = format!(
+        r#"set -e
+maj=$((0x$(stat -c %t /dev/fuse))); min=$((0x$(stat -c %T /dev/fuse)))
+mount -t tmpfs none /dev
+mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/fuse c $maj $min
+touch /dev/log; mount --bind {sock} /dev/log
+{bin} -o lowerdir={l},upperdir={u},workdir={w} {m}
+cat {m}/f >/dev/null; ls {m} >/dev/null
+"#,
+        sock = sock_path.display(),
+        bin = common::LAYERFS,
+        l = s.lower(0).display(),
+        u = s.upper().display(),
+        w = s.work().display(),
+        m = s.mnt().display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pids = common::daemon_pids(&s.mnt());
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    unsafe { libc::kill(pids[0], libc::SIGUSR1) };
+    let mut buf = vec![0u8; 8192];
+    let mut seen = Vec::new();
+    let line = loop {
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                unsafe { libc::kill(pids[0], libc::SIGTERM) };
+                panic!("no counters in syslog ({e}); got {seen:?}");
+            }
+        };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains("counters:") {
+            break msg;
+        }
+        seen.push(msg);
+    };
+    unsafe { libc::kill(pids[0], libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Path::new(&format!("/proc/{}", pids[0])).exists() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(line.contains(&format!("layerfs[{}]", pids[0])), "{line}");
+    assert!(line.contains("lookup="), "{line}");
+    assert!(line.contains("open=") || line.contains("read="), "{line}");
+}
