@@ -255,6 +255,34 @@ fn export_reimport_shows_the_same_tree_in_every_compression() {
             }
         }
     }
+    // Imported by an unprivileged user: no chown, and no trusted.* xattrs, so opaque
+    // directories get user.overlay.opaque; the union shows the same names and data.
+    let nobody = s.path().join("imp-nobody");
+    std::fs::create_dir(&nobody).unwrap();
+    sh_ok(&format!(
+        "chown 65534:65534 {n} && chmod 755 {p} && setpriv --reuid=65534 --regid=65534 --clear-groups {bin} import -i {t} {n}/l",
+        n = nobody.display(),
+        p = s.path().display(),
+        bin = common::LAYERFS,
+        t = s.path().join("layer.tar").display()
+    ));
+    let opq = xattrs(&nobody.join("l/var/cache"));
+    assert_eq!(
+        opq.get("user.overlay.opaque").map(|v| &v[..]),
+        Some(&b"y"[..])
+    );
+    let got = {
+        let lowers = [nobody.join("l"), s.lower(0), s.lower(1)];
+        let m = common::mount_layerfs(&lowers, None, None, &s.mnt(), "");
+        snapshot(&m.mnt)
+    };
+    let names = |t: &Snapshot| t.0.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&got), names(&want), "unprivileged import: names");
+    let data = |t: &Snapshot, k: &str| t.0[k].split(" data ").nth(1).map(str::to_string);
+    for k in ["etc/motd2", "hl2", "moved/doc/README", "var/cache/c"] {
+        assert_eq!(data(&got, k), data(&want, k), "unprivileged import: {k}");
+    }
+
     // The same tar whatever the compression, entry by entry.
     for l in &listings[1..] {
         assert_eq!(l, &listings[0]);
@@ -815,7 +843,13 @@ fn explain_on_a_live_mount_and_sigusr1_counters() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"visible\":false"));
+    let json = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(json.contains("\"visible\":false"), "{json}");
+    assert!(
+        json.contains(&format!("\"mount\":\"{}\"", s.mnt().display())),
+        "{json}"
+    );
+    assert!(json.contains("\"daemon_pid\":"), "{json}");
     // the mount's root itself
     let root = run_ok(&["explain", m.mnt.to_str().unwrap()]);
     assert!(root.contains("\nstat: directory"), "{root}");

@@ -210,7 +210,7 @@ pub fn explain_mounted(path: &Path, json: bool) -> Result<i32> {
         );
     }
     match open_stack_opts(opts, workdir.as_deref()) {
-        Ok(ov) => explain(&ov, &rel, json),
+        Ok(ov) => explain(&ov, &rel, json, Some((&mnt, pid))),
         Err(e) => {
             eprintln!("layerfs explain: the layers of layerfs pid {pid}: {e}");
             Ok(2)

@@ -127,7 +127,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
             json,
             path,
         } => match open_stack(&lowerdir, upperdir, workdir.as_deref()) {
-            Ok(ov) => explain(&ov, &path, json),
+            Ok(ov) => explain(&ov, &path, json, None),
             Err(e) => {
                 eprintln!("layerfs explain: {e}");
                 return 2;
@@ -288,7 +288,13 @@ pub(crate) fn json_str(s: &str) -> String {
     o
 }
 
-pub(crate) fn explain(ov: &Overlay, path: &std::path::Path, json: bool) -> Result<i32> {
+/// `live`: for a path in a live mount, (mount point, daemon pid), added to the JSON.
+pub(crate) fn explain(
+    ov: &Overlay,
+    path: &std::path::Path,
+    json: bool,
+    live: Option<(&std::path::Path, i32)>,
+) -> Result<i32> {
     use std::os::unix::ffi::OsStrExt;
     let comps: Vec<&[u8]> = path
         .as_os_str()
@@ -372,8 +378,13 @@ pub(crate) fn explain(ov: &Overlay, path: &std::path::Path, json: bool) -> Resul
     }
     if json {
         println!(
-            "{{\"path\":{},\"visible\":{},\"components\":[{}],\"stat\":{}}}",
+            "{{\"path\":{},{}\"visible\":{},\"components\":[{}],\"stat\":{}}}",
             json_str(&path.display().to_string()),
+            live.map(|(m, pid)| format!(
+                "\"mount\":{},\"daemon_pid\":{pid},",
+                json_str(&m.display().to_string())
+            ))
+            .unwrap_or_default(),
             visible,
             jcomps.join(","),
             jstat
