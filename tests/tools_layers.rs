@@ -591,6 +591,45 @@ fn export_matches_podman_diff_and_commit() {
     );
     assert!(!want.0.contains_key("data/gone"));
     assert_same_tree(&want, &got, "podman commit vs our export");
+
+    // explain on a running container's root, served by the layerfs podman started
+    pm.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lfslive",
+        "localhost/lfs-after",
+        "/bin/sh",
+        "-c",
+        "rm /etc/new; sleep 60",
+    ])
+    .unwrap();
+    let merged = pm
+        .ok(&[
+            "inspect",
+            "lfslive",
+            "--format",
+            "{{.GraphDriver.Data.MergedDir}}",
+        ])
+        .unwrap();
+    let path = format!("{merged}/etc/new");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Path::new(&path).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = layerfs(&["explain", &path]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with(&format!("mount {merged} served by layerfs pid")),
+        "{text}"
+    );
+    assert!(text.contains("whiteout: hides the name"), "{text}");
+    let _ = pm.run(&["rm", "-f", "-t", "0", "lfslive"]);
 }
 
 #[test]
