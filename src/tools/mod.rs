@@ -68,8 +68,10 @@ enum Cmd {
     },
     /// Write the upper's changes as an OCI image layer tar.
     Export {
+        /// Lower layers, top first, colon-separated (`\:` for a literal colon).
         #[arg(long)]
         lowerdir: String,
+        /// The upper layer whose changes are exported.
         #[arg(long)]
         upperdir: PathBuf,
         /// The workdir (read only): lower hard links whose copy is in its index are
@@ -88,19 +90,24 @@ enum Cmd {
         /// The tar, or `-` for stdin.
         #[arg(short = 'i', long = "input")]
         input: PathBuf,
+        /// The layer directory to fill (created if missing).
         dir: PathBuf,
     },
     /// Check an upper/work pair for inconsistencies; --repair fixes what is safe.
     Check {
+        /// The upper layer.
         #[arg(long)]
         upperdir: PathBuf,
+        /// Its workdir (staging in W/work, hard-link index in W/layerfs-index).
         #[arg(long)]
         workdir: PathBuf,
         /// Lower layers: needed for the checks against them (whiteouts, redirects).
         #[arg(long)]
         lowerdir: Option<String>,
+        /// Fix what cannot change what a mount shows; report the rest.
         #[arg(long)]
         repair: bool,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
