@@ -17,7 +17,7 @@
 //! - [`fuse`]: the thin `fuser::Filesystem` adapter
 //! - [`daemon`]: mounting, daemonizing, signals, the log
 //! - [`counters`]: requests-by-type counters
-//! - [`tools`]: offline `explain` and `diff` on the daemon's own lookup
+//! - [`tools`]: `explain`, `diff`, `export`, `import`, `check` on the daemon's own lookup
 #![deny(unsafe_code)]
 
 pub mod attr;

@@ -255,6 +255,34 @@ fn export_reimport_shows_the_same_tree_in_every_compression() {
             }
         }
     }
+    // Imported by an unprivileged user: no chown, and no trusted.* xattrs, so opaque
+    // directories get user.overlay.opaque; the union shows the same names and data.
+    let nobody = s.path().join("imp-nobody");
+    std::fs::create_dir(&nobody).unwrap();
+    sh_ok(&format!(
+        "chown 65534:65534 {n} && chmod 755 {p} && setpriv --reuid=65534 --regid=65534 --clear-groups {bin} import -i {t} {n}/l",
+        n = nobody.display(),
+        p = s.path().display(),
+        bin = common::LAYERFS,
+        t = s.path().join("layer.tar").display()
+    ));
+    let opq = xattrs(&nobody.join("l/var/cache"));
+    assert_eq!(
+        opq.get("user.overlay.opaque").map(|v| &v[..]),
+        Some(&b"y"[..])
+    );
+    let got = {
+        let lowers = [nobody.join("l"), s.lower(0), s.lower(1)];
+        let m = common::mount_layerfs(&lowers, None, None, &s.mnt(), "");
+        snapshot(&m.mnt)
+    };
+    let names = |t: &Snapshot| t.0.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&got), names(&want), "unprivileged import: names");
+    let data = |t: &Snapshot, k: &str| t.0[k].split(" data ").nth(1).map(str::to_string);
+    for k in ["etc/motd2", "hl2", "moved/doc/README", "var/cache/c"] {
+        assert_eq!(data(&got, k), data(&want, k), "unprivileged import: {k}");
+    }
+
     // The same tar whatever the compression, entry by entry.
     for l in &listings[1..] {
         assert_eq!(l, &listings[0]);
@@ -563,6 +591,45 @@ fn export_matches_podman_diff_and_commit() {
     );
     assert!(!want.0.contains_key("data/gone"));
     assert_same_tree(&want, &got, "podman commit vs our export");
+
+    // explain on a running container's root, served by the layerfs podman started
+    pm.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lfslive",
+        "localhost/lfs-after",
+        "/bin/sh",
+        "-c",
+        "rm /etc/new; sleep 60",
+    ])
+    .unwrap();
+    let merged = pm
+        .ok(&[
+            "inspect",
+            "lfslive",
+            "--format",
+            "{{.GraphDriver.Data.MergedDir}}",
+        ])
+        .unwrap();
+    let path = format!("{merged}/etc/new");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Path::new(&path).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = layerfs(&["explain", &path]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with(&format!("mount {merged} served by layerfs pid")),
+        "{text}"
+    );
+    assert!(text.contains("whiteout: hides the name"), "{text}");
+    let _ = pm.run(&["rm", "-f", "-t", "0", "lfslive"]);
 }
 
 #[test]
@@ -815,7 +882,13 @@ fn explain_on_a_live_mount_and_sigusr1_counters() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"visible\":false"));
+    let json = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(json.contains("\"visible\":false"), "{json}");
+    assert!(
+        json.contains(&format!("\"mount\":\"{}\"", s.mnt().display())),
+        "{json}"
+    );
+    assert!(json.contains("\"daemon_pid\":"), "{json}");
     // the mount's root itself
     let root = run_ok(&["explain", m.mnt.to_str().unwrap()]);
     assert!(root.contains("\nstat: directory"), "{root}");
@@ -858,4 +931,75 @@ fn explain_on_a_live_mount_and_sigusr1_counters() {
     assert!(num("create") >= 1 && num("write") >= 1, "{line}");
     assert!(num("readdir") + num("readdirplus") >= 1, "{line}");
     assert!(num("total") >= num("lookup") + num("create"), "{line}");
+}
+
+/// A background daemon without `log=` logs to syslog once detached: run it in a private
+/// mount namespace whose /dev (a tmpfs with null and fuse nodes) has /dev/log bound to a
+/// datagram socket this test reads, and look for the SIGUSR1 counters there.
+#[test]
+fn background_daemon_logs_counters_to_syslog() {
+    if !require_mount_privilege("background_daemon_logs_counters_to_syslog") {
+        return;
+    }
+    let s = Scratch::new();
+    std::fs::write(s.lower(0).join("f"), "x").unwrap();
+    let sock_path = s.path().join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // The namespace lives as long as the daemon; the mount is only visible inside it, so
+    // the daemon is found by its command line and stopped with SIGTERM.
+    let script = format!(
+        r#"set -e
+maj=$((0x$(stat -c %t /dev/fuse))); min=$((0x$(stat -c %T /dev/fuse)))
+mount -t tmpfs none /dev
+mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/fuse c $maj $min
+touch /dev/log; mount --bind {sock} /dev/log
+{bin} -o lowerdir={l},upperdir={u},workdir={w} {m}
+cat {m}/f >/dev/null; ls {m} >/dev/null
+"#,
+        sock = sock_path.display(),
+        bin = common::LAYERFS,
+        l = s.lower(0).display(),
+        u = s.upper().display(),
+        w = s.work().display(),
+        m = s.mnt().display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pids = common::daemon_pids(&s.mnt());
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    unsafe { libc::kill(pids[0], libc::SIGUSR1) };
+    let mut buf = vec![0u8; 8192];
+    let mut seen = Vec::new();
+    let line = loop {
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                unsafe { libc::kill(pids[0], libc::SIGTERM) };
+                panic!("no counters in syslog ({e}); got {seen:?}");
+            }
+        };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains("counters:") {
+            break msg;
+        }
+        seen.push(msg);
+    };
+    unsafe { libc::kill(pids[0], libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Path::new(&format!("/proc/{}", pids[0])).exists() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(line.contains(&format!("layerfs[{}]", pids[0])), "{line}");
+    assert!(line.contains("lookup="), "{line}");
+    assert!(line.contains("open=") || line.contains("read="), "{line}");
 }

@@ -528,3 +528,32 @@ pub(crate) fn write_output(
     pb.finish_and_clear();
     Ok(sum)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn compression_from_name() {
+        for (n, c) in [
+            ("l.tar", Compression::None),
+            ("-", Compression::None),
+            ("l.tar.gz", Compression::Gzip),
+            ("l.tgz", Compression::Gzip),
+            ("l.tar.zst", Compression::Zstd),
+            ("l.zstd", Compression::Zstd),
+        ] {
+            assert_eq!(Compression::from_name(Path::new(n)), c, "{n}");
+        }
+    }
+
+    #[test]
+    fn tar_path_joins_components() {
+        assert_eq!(
+            with_name(&[b"a".to_vec(), b"b".to_vec()], b".wh.c"),
+            b"a/b/.wh.c"
+        );
+        assert_eq!(with_name(&[], b".wh..wh..opq"), b".wh..wh..opq");
+    }
+}

@@ -342,3 +342,21 @@ pub fn import(input: &Path, dir: &Path) -> Result<Summary> {
     }
     Ok(imp.sum)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_paths_stay_inside() {
+        assert_eq!(
+            safe_components(b"/etc/./x//y/").unwrap(),
+            vec![b"etc".to_vec(), b"x".to_vec(), b"y".to_vec()]
+        );
+        assert_eq!(safe_components(b"./").unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(safe_components(b"a\xff").unwrap(), vec![b"a\xff".to_vec()]);
+        for bad in [&b"../x"[..], b"a/../../b", b"a/..", b"/.."] {
+            assert!(safe_components(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -210,10 +210,22 @@ pub fn explain_mounted(path: &Path, json: bool) -> Result<i32> {
         );
     }
     match open_stack_opts(opts, workdir.as_deref()) {
-        Ok(ov) => explain(&ov, &rel, json),
+        Ok(ov) => explain(&ov, &rel, json, Some((&mnt, pid))),
         Err(e) => {
             eprintln!("layerfs explain: the layers of layerfs pid {pid}: {e}");
             Ok(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape(b"/a\\040b\\011c"), b"/a b\tc");
+        assert_eq!(unescape(b"/x\\134"), b"/x\\");
+        assert_eq!(unescape(b"/short\\04"), b"/short\\04");
     }
 }

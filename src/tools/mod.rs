@@ -68,8 +68,10 @@ enum Cmd {
     },
     /// Write the upper's changes as an OCI image layer tar.
     Export {
+        /// Lower layers, top first, colon-separated (`\:` for a literal colon).
         #[arg(long)]
         lowerdir: String,
+        /// The upper layer whose changes are exported.
         #[arg(long)]
         upperdir: PathBuf,
         /// The workdir (read only): lower hard links whose copy is in its index are
@@ -88,19 +90,24 @@ enum Cmd {
         /// The tar, or `-` for stdin.
         #[arg(short = 'i', long = "input")]
         input: PathBuf,
+        /// The layer directory to fill (created if missing).
         dir: PathBuf,
     },
     /// Check an upper/work pair for inconsistencies; --repair fixes what is safe.
     Check {
+        /// The upper layer.
         #[arg(long)]
         upperdir: PathBuf,
+        /// Its workdir (staging in W/work, hard-link index in W/layerfs-index).
         #[arg(long)]
         workdir: PathBuf,
         /// Lower layers: needed for the checks against them (whiteouts, redirects).
         #[arg(long)]
         lowerdir: Option<String>,
+        /// Fix what cannot change what a mount shows; report the rest.
         #[arg(long)]
         repair: bool,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -127,7 +134,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
             json,
             path,
         } => match open_stack(&lowerdir, upperdir, workdir.as_deref()) {
-            Ok(ov) => explain(&ov, &path, json),
+            Ok(ov) => explain(&ov, &path, json, None),
             Err(e) => {
                 eprintln!("layerfs explain: {e}");
                 return 2;
@@ -288,7 +295,13 @@ pub(crate) fn json_str(s: &str) -> String {
     o
 }
 
-pub(crate) fn explain(ov: &Overlay, path: &std::path::Path, json: bool) -> Result<i32> {
+/// `live`: for a path in a live mount, (mount point, daemon pid), added to the JSON.
+pub(crate) fn explain(
+    ov: &Overlay,
+    path: &std::path::Path,
+    json: bool,
+    live: Option<(&std::path::Path, i32)>,
+) -> Result<i32> {
     use std::os::unix::ffi::OsStrExt;
     let comps: Vec<&[u8]> = path
         .as_os_str()
@@ -372,8 +385,13 @@ pub(crate) fn explain(ov: &Overlay, path: &std::path::Path, json: bool) -> Resul
     }
     if json {
         println!(
-            "{{\"path\":{},\"visible\":{},\"components\":[{}],\"stat\":{}}}",
+            "{{\"path\":{},{}\"visible\":{},\"components\":[{}],\"stat\":{}}}",
             json_str(&path.display().to_string()),
+            live.map(|(m, pid)| format!(
+                "\"mount\":{},\"daemon_pid\":{pid},",
+                json_str(&m.display().to_string())
+            ))
+            .unwrap_or_default(),
             visible,
             jcomps.join(","),
             jstat
