@@ -90,9 +90,19 @@ impl Overlay {
 
     /// chown/chmod/utimes of a staged object to match `st`.
     fn copy_meta(&self, dir: BorrowedFd, name: &[u8], st: &Stat) -> Result<()> {
-        if self.cfg.chown_new && (st.uid != sys::geteuid() || st.gid != sys::getegid()) {
-            sys::fchownat(dir, name, Some(st.uid), Some(st.gid))
-                .map_err(|e| e.context("copy-up chown"))?;
+        if st.uid != sys::geteuid() || st.gid != sys::getegid() {
+            if self.cfg.chown_new {
+                sys::fchownat(dir, name, Some(st.uid), Some(st.gid))
+                    .map_err(|e| e.context("copy-up chown"))?;
+            } else if self.ids.override_xattr().is_none()
+                && sys::fchownat(dir, name, Some(st.uid), Some(st.gid)).is_err()
+            {
+                // A plain user's daemon cannot give the copy its owner; a copy owned by the
+                // user would grant the user the owner's rights (chmod, entries in a root
+                // directory). Refuse, as the kernel does when it cannot keep the owner.
+                return Err(Error::from_errno(libc::EPERM)
+                    .context("copy-up cannot keep the owner of an object of another user"));
+            }
         }
         if !st.is_lnk() {
             sys::fchmodat(dir, name, st.mode & 0o7777).map_err(|e| e.context("copy-up chmod"))?;
@@ -111,6 +121,43 @@ impl Overlay {
             0,
         )
         .map_err(|e| e.context("set origin xattr"))
+    }
+
+    /// Record on the staged copy (work, tmp) where it came from in the kernel overlay's
+    /// format too: `overlay.origin` holding a `struct ovl_fb` (version 0, magic 0xfb,
+    /// length, flags 0 = little-endian lower handle, handle type, the lower filesystem's
+    /// uuid, then the handle of the lower object `(ldir, lname)` from name_to_handle_at).
+    /// The kernel overlay mounted on this upper then reports the origin's st_ino for the
+    /// copy, as layerfs does. Best effort: a lower filesystem without file handles or
+    /// uuid gets none (the kernel then treats the copy as a pure upper object). Lower
+    /// hard links get none either: the kernel would look for them in its own index.
+    fn set_kernel_origin(&self, ldir: BorrowedFd, lname: &[u8], work: BorrowedFd, tmp: &[u8]) {
+        let Some(uuid) = sys::fs_uuid(ldir) else {
+            return;
+        };
+        let (kind, handle) = match sys::name_to_handle(ldir, lname) {
+            Ok(h) => h,
+            Err(e) => {
+                log::debug!("no file handle for the kernel origin: {e}");
+                return;
+            }
+        };
+        let fb = kernel_origin_fb(kind, &handle, &uuid);
+        if let Err(e) = sys::setxattr(work, tmp, &self.ovl_xattr("origin"), &fb, 0) {
+            log::debug!("kernel origin xattr not set: {e}");
+        }
+    }
+
+    /// Mark upper directory `dir` impure (`overlay.impure=y`, as the kernel's
+    /// ovl_set_impure): it holds an object copied up from, or moved in with, a lower
+    /// origin. The kernel overlay mounted on this upper then computes readdir's d_ino of
+    /// the directory's entries as it computes their st_ino, from the origin.
+    pub(crate) fn set_impure(&self, dir: &OwnedFd) -> Result<()> {
+        let x = self.ovl_xattr("impure");
+        if matches!(sys::getxattr(dir.as_fd(), b"", &x), Ok(Some(v)) if v == b"y") {
+            return Ok(());
+        }
+        sys::setxattr(dir.as_fd(), b"", &x, b"y", 0).map_err(|e| e.context("set impure xattr"))
     }
 
     /// Make sure directory `node` has an upper directory; returns it.
@@ -137,6 +184,7 @@ impl Overlay {
             (p, s.name.clone(), l)
         };
         let pup = self.copy_up_dir(&parent)?;
+        self.set_impure(&pup)?;
         let work = self.work()?.clone();
         let st = sys::fstat(lower_fd.as_fd())?;
         let pst = sys::fstat(pup.as_fd())?;
@@ -150,6 +198,7 @@ impl Overlay {
         };
         self.copy_xattrs(lower_fd.as_fd(), b"", work.as_fd(), &tmp)?;
         self.set_origin(work.as_fd(), &tmp, node.st_ino)?;
+        self.set_kernel_origin(lower_fd.as_fd(), b"", work.as_fd(), &tmp);
         self.copy_meta(work.as_fd(), &tmp, &st)?;
         sys::renameat2(
             work.as_fd(),
@@ -168,11 +217,8 @@ impl Overlay {
             Some(Some(pst.mtime)),
         );
         node.s.lock().upper_dir = Some(fd.clone());
-        // Now merged, its st_nlink changes (reported as 1) behind the kernel's cached
-        // attributes, which may be days old.
-        if let Some(notify) = self.notify_attr.get() {
-            notify(node.id);
-        }
+        // Now merged: its st_nlink is 1 (and its st_size the upper's).
+        self.invalidate_attr(node.id);
         self.counters.copy_ups.fetch_add(1, Ordering::Relaxed);
         Ok(fd)
     }
@@ -203,6 +249,7 @@ impl Overlay {
             (p, s.name.clone(), l, s.indexed)
         };
         let pup = self.copy_up_dir(&parent)?;
+        self.set_impure(&pup)?;
         let pst = sys::fstat(pup.as_fd())?;
         let work = self.work()?.clone();
 
@@ -282,22 +329,9 @@ impl Overlay {
         }
         {
             let mut s = node.s.lock();
-            let is_primary = s
-                .parent
-                .as_ref()
-                .map(|p| p.id == parent.id)
-                .unwrap_or(false)
-                && s.name == name;
-            if !s.in_upper && !is_primary {
+            if !s.in_upper {
                 // Not in the upper under any name: make this name the primary one.
-                s.aliases
-                    .retain(|(p, n)| !(p.id == parent.id && n.as_slice() == name));
-                if let Some(old) = s.parent.take() {
-                    let old_name = std::mem::take(&mut s.name);
-                    s.aliases.push((old, old_name));
-                }
-                s.parent = Some(parent.clone());
-                s.name = name.to_vec();
+                s.set_primary(parent, name);
             }
         }
         if !node.s.lock().in_upper {
@@ -305,6 +339,7 @@ impl Overlay {
         }
         let (sdir, sname) = self.upper_loc(node)?;
         let pup = self.copy_up_dir(parent)?;
+        self.set_impure(&pup)?;
         sys::linkat(sdir.as_fd(), &sname, pup.as_fd(), name)
             .map_err(|e| e.context("link-up of hard link alias"))
     }
@@ -362,17 +397,43 @@ impl Overlay {
             _ => return err(libc::EIO),
         }
         self.copy_xattrs(sdir.as_fd(), sname, w, &tmp)?;
-        if !st.is_lnk() || self.xattr_ns == crate::overlay::XattrNs::Trusted {
+        // user.* xattrs exist only on regular files and directories (xattr(7): EPERM on
+        // symlinks, FIFOs, sockets and devices), so without trusted.* those copy up with no
+        // origin and get the upper's inode number after a remount, as the kernel's
+        // userxattr mode does.
+        let origin_allowed = matches!(st.kind(), libc::S_IFREG | libc::S_IFDIR)
+            || self.xattr_ns == crate::overlay::XattrNs::Trusted;
+        if origin_allowed {
             if let Err(e) = self.set_origin(w, &tmp, st_ino) {
                 if !st.is_lnk() {
                     return Err(e);
                 }
             }
         }
+        if st.nlink == 1 {
+            self.set_kernel_origin(sdir.as_fd(), sname, w, &tmp);
+        }
         self.copy_meta(w, &tmp, st)?;
         staged.live = false;
         Ok(tmp)
     }
+}
+
+/// The kernel overlay's on-disk origin file handle (`struct ovl_fb`, fs/overlayfs/
+/// overlayfs.h) for a lower object with file handle (kind, handle) on the filesystem
+/// with `uuid`.
+pub fn kernel_origin_fb(kind: i32, handle: &[u8], uuid: &[u8; 16]) -> Vec<u8> {
+    const HEADER: usize = 21;
+    let mut fb = Vec::with_capacity(HEADER + handle.len());
+    fb.push(0); // version
+    fb.push(0xfb); // magic
+    fb.push((HEADER + handle.len()) as u8); // len (a handle is at most 128 bytes)
+                                            // flags: the handle is in this CPU's byte order, and of a lower object
+    fb.push(if cfg!(target_endian = "big") { 1 } else { 0 });
+    fb.push(kind as u8); // fid type
+    fb.extend_from_slice(uuid);
+    fb.extend_from_slice(handle);
+    fb
 }
 
 /// Copy `limit` bytes from src to dst, keeping holes: whole-file reflink where possible,

@@ -7,14 +7,25 @@ use crate::inode::{IoState, Node};
 use crate::overlay::{Attr, Overlay};
 use crate::readdir::DirEntry;
 use crate::sys;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub enum HandleKind {
-    File(OwnedFd),
+    File(OpenFile),
     Dir(Mutex<Vec<DirEntry>>),
+}
+
+/// The real file behind an open regular file. A handle opened (read-only) while its
+/// object was still only in a lower layer switches to the upper copy on first use after a
+/// copy-up, so it sees data written since, as the kernel overlay does (>= 4.19).
+pub struct OpenFile {
+    fd: RwLock<Arc<OwnedFd>>,
+    /// The open flags, to open the copy the same way.
+    flags: i32,
+    /// `fd` is the lower object (it may have been copied up since).
+    on_lower: AtomicBool,
 }
 
 pub struct Handle {
@@ -44,12 +55,20 @@ pub enum IoPlan {
 }
 
 impl Handle {
-    pub fn fd(&self) -> Result<&OwnedFd> {
+    /// The real file as opened (see [`Overlay::file_fd`] for the current one).
+    pub fn fd(&self) -> Result<Arc<OwnedFd>> {
         match &self.kind {
-            HandleKind::File(fd) => Ok(fd),
+            HandleKind::File(f) => Ok(f.fd.read().clone()),
             HandleKind::Dir(_) => err(libc::EISDIR),
         }
     }
+}
+
+/// The data of non-directory `node` is read from its lower layer (not copied up into the
+/// upper or the hard-link index).
+fn data_on_lower(node: &Node) -> bool {
+    let s = node.s.lock();
+    !s.in_upper && !s.indexed
 }
 
 fn wants_write(flags: i32) -> bool {
@@ -86,6 +105,61 @@ impl Overlay {
             .ok_or_else(|| Error::from_errno(libc::EBADF))
     }
 
+    /// The real file of an open regular file now: a handle opened on the lower object
+    /// that has been copied up since (into the upper or the hard-link index) is re-opened
+    /// on the copy first. Such a handle is always page-cached (passthrough is never used
+    /// for lower files of a writable mount), and the kernel keeps no stale pages of it:
+    /// every change of the data went through this inode, and opens do not keep the cache.
+    pub fn file_fd(&self, h: &Handle) -> Result<Arc<OwnedFd>> {
+        let HandleKind::File(f) = &h.kind else {
+            return err(libc::EISDIR);
+        };
+        if f.on_lower.load(Ordering::Acquire) && !data_on_lower(&h.node) {
+            let mut fd = f.fd.write();
+            if f.on_lower.load(Ordering::Acquire) {
+                match self.open_real(&h.node, f.flags) {
+                    Ok(copy) => *fd = Arc::new(copy),
+                    // No name of the copy is left (unlinked since): keep the lower file.
+                    Err(e) => log::debug!("re-open after copy-up of {}: {e}", h.node.st_ino),
+                }
+                // (swap: exactly one of this and release counts the handle out)
+                if f.on_lower.swap(false, Ordering::AcqRel) {
+                    let mut io = h.node.io.lock();
+                    io.stale_opens = io.stale_opens.saturating_sub(1);
+                }
+            }
+            return Ok(fd.clone());
+        }
+        Ok(f.fd.read().clone())
+    }
+
+    /// Before an upper name of non-directory `node` is removed (it may be the last one):
+    /// switch the handles opened on its lower file before its copy-up to the copy while
+    /// it can still be opened by name, so they keep reading it once it is unlinked.
+    pub(crate) fn refresh_stale_handles(&self, node: &Node) {
+        if node.io.lock().stale_opens == 0 || data_on_lower(node) {
+            return;
+        }
+        let stale: Vec<Arc<Handle>> = self
+            .handles
+            .iter()
+            .filter(|h| h.node.id == node.id)
+            .map(|h| h.clone())
+            .collect();
+        for h in stale {
+            let _ = self.file_fd(&h);
+        }
+    }
+
+    fn add_file_handle(&self, node: Arc<Node>, fd: OwnedFd, flags: i32, on_lower: bool) -> u64 {
+        let f = OpenFile {
+            fd: RwLock::new(Arc::new(fd)),
+            flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
+            on_lower: AtomicBool::new(on_lower),
+        };
+        self.add_handle(node, HandleKind::File(f))
+    }
+
     fn open_real(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
         let (dir, name) = self.real_loc(node)?;
         let mut f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
@@ -95,7 +169,15 @@ impl Overlay {
         if !wants_write(flags) {
             f &= !libc::O_TRUNC;
         }
-        sys::openat(dir.as_fd(), &name, f, 0)
+        sys::openat(dir.as_fd(), &name, f, 0).map_err(|e| {
+            // A file unlinked while the kernel still held it: its name now holds a whiteout
+            // (a device, hence ENXIO) or another object. The object is gone: ENOENT.
+            if e.is(libc::ENXIO) && node.kind() == libc::S_IFREG {
+                Error::from_errno(libc::ENOENT)
+            } else {
+                e
+            }
+        })
     }
 
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
@@ -113,8 +195,14 @@ impl Overlay {
             };
             self.copy_up(&node, data)?;
         }
+        // Decided before the open: a copy-up in between leaves the flag set, and the first
+        // use then re-opens the copy.
+        let on_lower = !self.cfg.read_only && data_on_lower(&node);
         let fd = self.open_real(&node, flags)?;
-        Ok(self.add_handle(node, HandleKind::File(fd)))
+        if on_lower {
+            node.io.lock().stale_opens += 1;
+        }
+        Ok(self.add_file_handle(node, fd, flags, on_lower))
     }
 
     pub fn create(
@@ -127,7 +215,7 @@ impl Overlay {
     ) -> Result<(Arc<Node>, Attr, u64)> {
         let (node, attr) = self.create_object(parent, name, NewKind::File { mode }, who)?;
         let fd = self.open_real(&node, flags & !libc::O_TRUNC)?;
-        let fh = self.add_handle(node.clone(), HandleKind::File(fd));
+        let fh = self.add_file_handle(node.clone(), fd, flags, false);
         Ok((node, attr, fh))
     }
 
@@ -135,8 +223,11 @@ impl Overlay {
         let Some((_, h)) = self.handles.remove(&fh) else {
             return;
         };
-        if let HandleKind::File(_) = h.kind {
+        if let HandleKind::File(f) = &h.kind {
             let mut io = h.node.io.lock();
+            if f.on_lower.swap(false, Ordering::AcqRel) {
+                io.stale_opens = io.stale_opens.saturating_sub(1);
+            }
             match *h.mode.lock() {
                 IoMode::Passthrough => {
                     io.pt_opens = io.pt_opens.saturating_sub(1);
@@ -157,7 +248,7 @@ impl Overlay {
         make_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> Result<IoPlan> {
         let h = self.handle(fh)?;
-        let fd = h.fd()?;
+        let fd = self.file_fd(&h)?;
         let upper = h.node.s.lock().in_upper;
         let mut io = h.node.io.lock();
         let mut mode = h.mode.lock();
@@ -184,7 +275,7 @@ impl Overlay {
             log::error!("passthrough backing mismatch on inode {}", h.node.st_ino);
             return err(libc::ETXTBSY);
         }
-        match make_backing(fd) {
+        match make_backing(&fd) {
             Ok(b) => {
                 let b = Arc::new(b);
                 io.backing = Some((b.clone(), upper));
@@ -219,7 +310,7 @@ impl Overlay {
     /// passes a per-thread buffer, so reads allocate nothing.
     pub fn read_into(&self, fh: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
         let h = self.handle(fh)?;
-        let fd = h.fd()?;
+        let fd = self.file_fd(&h)?;
         let mut done = 0usize;
         while done < buf.len() {
             let n = sys::pread(fd.as_fd(), &mut buf[done..], off + done as u64)?;
@@ -233,7 +324,7 @@ impl Overlay {
 
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
         let h = self.handle(fh)?;
-        let fd = h.fd()?;
+        let fd = self.file_fd(&h)?;
         let mut done = 0usize;
         while done < data.len() {
             let n = sys::pwrite(fd.as_fd(), &data[done..], off + done as u64)?;
@@ -248,19 +339,19 @@ impl Overlay {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let h = self.handle(fh)?;
         match &h.kind {
-            HandleKind::File(fd) => sys::fsync(fd.as_fd(), datasync),
+            HandleKind::File(_) => sys::fsync(self.file_fd(&h)?.as_fd(), datasync),
             HandleKind::Dir(_) => Ok(()),
         }
     }
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> Result<()> {
         let h = self.handle(fh)?;
-        sys::fallocate(h.fd()?.as_fd(), mode, off, len)
+        sys::fallocate(self.file_fd(&h)?.as_fd(), mode, off, len)
     }
 
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> Result<i64> {
         let h = self.handle(fh)?;
-        sys::lseek(h.fd()?.as_fd(), off, whence)
+        sys::lseek(self.file_fd(&h)?.as_fd(), off, whence)
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {

@@ -60,6 +60,46 @@ pub struct NodeState {
     pub lower_present: bool,
     /// The object has been removed from the union (kept while the kernel holds it).
     pub deleted: bool,
+    /// Non-directories: the upper object lost its last name while the kernel still held
+    /// the inode; it lives on in the workdir under this name (so the real inode, and with
+    /// it the inode number, is not freed and reused) until the kernel forgets the inode.
+    pub orphan: Option<Vec<u8>>,
+}
+
+/// The names of a non-directory: one primary name (where its upper copy lives once it is
+/// in the upper) and the other names it is known by, each (parent, name) at most once in
+/// either place.
+impl NodeState {
+    pub fn is_primary(&self, parent: u64, name: &[u8]) -> bool {
+        self.parent.as_ref().is_some_and(|p| p.id == parent) && self.name == name
+    }
+    pub fn has_name(&self, parent: u64, name: &[u8]) -> bool {
+        self.is_primary(parent, name)
+            || self
+                .aliases
+                .iter()
+                .any(|(p, n)| p.id == parent && n.as_slice() == name)
+    }
+    /// Add (parent, name) as another name, unless it is known already.
+    pub fn add_alias(&mut self, parent: &Arc<Node>, name: &[u8]) {
+        if !self.has_name(parent.id, name) {
+            self.aliases.push((parent.clone(), name.to_vec()));
+        }
+    }
+    /// Make (parent, name) the primary name; the old primary stays as an alias.
+    pub fn set_primary(&mut self, parent: &Arc<Node>, name: &[u8]) {
+        if self.is_primary(parent.id, name) {
+            return;
+        }
+        self.aliases
+            .retain(|(p, n)| !(p.id == parent.id && n.as_slice() == name));
+        if let Some(old) = self.parent.replace(parent.clone()) {
+            let old_name = std::mem::replace(&mut self.name, name.to_vec());
+            self.aliases.push((old, old_name));
+        } else {
+            self.name = name.to_vec();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -88,6 +128,8 @@ pub struct IoState {
     /// the page cache). Directories (the readdir cache): set by opendir, cleared when the
     /// directory moves (its `..` changes without the kernel noticing).
     pub cache_valid: bool,
+    /// Open handles still on the lower file (opened before a copy-up, not used since).
+    pub stale_opens: u32,
 }
 
 impl Node {
@@ -162,23 +204,23 @@ impl InodeTable {
             }
         }
     }
-    /// Drop `n` kernel references; removes the node at zero (the root is never removed).
-    pub fn forget(&self, id: u64, n: u64) {
+    /// Drop `n` kernel references; removes the node at zero (the root is never removed)
+    /// and returns it then.
+    pub fn forget(&self, id: u64, n: u64) -> Option<Arc<Node>> {
         if id == ROOT_ID {
-            return;
+            return None;
         }
-        let mut removed = false;
+        let mut removed = None;
         if let dashmap::mapref::entry::Entry::Occupied(o) = self.map.entry(id) {
             let node = o.get();
             let prev = node.lookups.load(Ordering::Acquire);
             let new = prev.saturating_sub(n);
             node.lookups.store(new, Ordering::Release);
             if new == 0 {
-                o.remove();
-                removed = true;
+                removed = Some(o.remove());
             }
         }
-        if removed {
+        if removed.is_some() {
             let live = self.live.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
             let peak = self.peak.load(Ordering::Relaxed);
             // The kernel dropped most of its inodes (memory pressure, drop_caches):
@@ -194,6 +236,7 @@ impl InodeTable {
                 crate::sys::malloc_trim();
             }
         }
+        removed
     }
     pub fn len(&self) -> usize {
         self.map.len()

@@ -14,7 +14,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// One `container:host:size` id mapping triple.
+/// One `container:host:size` id mapping triple (containers/storage's
+/// `ContainerID:HostID:Size`): `container` ids are the ones stored in the layers, `host` ids
+/// the ones the mount shows (see `idmap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMap {
     pub container: u32,
@@ -60,13 +62,17 @@ pub struct Options {
     pub allow_other: bool,
     pub allow_root: bool,
     pub default_permissions: bool,
-    pub nosuid: bool,
-    pub nodev: bool,
+    /// `nosuid`/`suid` as given; None: decided at mount (see `daemon::fuse_config`).
+    pub nosuid: Option<bool>,
+    /// `nodev`/`dev` as given; None: decided at mount.
+    pub nodev: Option<bool>,
     pub noexec: bool,
     pub noatime: bool,
     /// `ro`: mount read-only even with an upper.
     pub ro: bool,
     pub context: Option<String>,
+    /// `log=FILE`: append the daemon's log (warnings, SIGUSR1 counters, `-d` requests) here.
+    pub log_file: Option<PathBuf>,
     /// Warnings to print once logging is set up (unknown/empty options...).
     pub warnings: Vec<String>,
 }
@@ -102,11 +108,12 @@ impl Default for Options {
             allow_other: false,
             allow_root: false,
             default_permissions: false,
-            nosuid: false,
-            nodev: false,
+            nosuid: None,
+            nodev: None,
             noexec: false,
             noatime: false,
             ro: false,
+            log_file: None,
             context: None,
             warnings: Vec::new(),
         }
@@ -147,6 +154,7 @@ pub fn help_text() -> &'static str {
     concat!(
         "usage: layerfs [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTION...] MOUNTPOINT\n",
         "       layerfs --version | --help\n",
+        "       layerfs explain|diff|export|import|check ...   (layerfs COMMAND --help)\n",
         "\n",
         "Command-line options:\n",
         "    -o OPTS, -oOPTS          comma-separated mount options (several -o groups merge, later wins)\n",
@@ -160,7 +168,9 @@ pub fn help_text() -> &'static str {
         "    lowerdir=L1:L2:...       read-only layers, L1 on top; '\\:' is a literal colon, '\\\\' a backslash\n",
         "    upperdir=DIR             writable layer (requires workdir)\n",
         "    workdir=DIR              scratch dir on the same filesystem as upperdir\n",
-        "    uidmapping=C:H:N[:...]   uid map, container:host:size triples (a leading ':' is allowed)\n",
+        "    log=FILE                 append the daemon's log here (default: stderr in the foreground, syslog in the background)\n",
+        "    uidmapping=C:H:N[:...]   uid map, container:host:size triples (a leading ':' is allowed);\n",
+        "                             stored id C shows as H\n",
         "    gidmapping=C:H:N[:...]   gid map, container:host:size triples (a leading ':' is allowed)\n",
         "    squash_to_root           show every file as owned by root\n",
         "    squash_to_uid=N          show every file as owned by uid N\n",
@@ -192,7 +202,8 @@ pub fn help_text() -> &'static str {
     )
 }
 
-/// Maps `id` through `maps`: container -> host when `to_host`, host -> container otherwise.
+/// Maps `id` through `maps`: container -> host (stored -> shown) when `to_host`, host ->
+/// container (shown -> stored) otherwise.
 /// `None` when no mapping covers `id`.
 pub fn map_id(maps: &[IdMap], id: u32, to_host: bool) -> Option<u32> {
     maps.iter().find_map(|m| {
@@ -514,6 +525,7 @@ fn apply_option(opts: &mut Options, opt: &[u8]) -> Result<(), String> {
         }
         "upperdir" => opts.upperdir = Some(parse_path(name, value)?),
         "workdir" => opts.workdir = Some(parse_path(name, value)?),
+        "log" => opts.log_file = Some(parse_path(name, value)?),
         "uidmapping" => opts.uid_mappings = parse_mappings(name, value)?,
         "gidmapping" => opts.gid_mappings = parse_mappings(name, value)?,
         "squash_to_root" => opts.squash_to_root = parse_bool(name, value)?,
@@ -576,10 +588,10 @@ fn apply_option(opts: &mut Options, opt: &[u8]) -> Result<(), String> {
         "allow_other" => opts.allow_other = parse_bool(name, value)?,
         "allow_root" => opts.allow_root = parse_bool(name, value)?,
         "default_permissions" => opts.default_permissions = parse_bool(name, value)?,
-        "suid" => opts.nosuid = false,
-        "nosuid" => opts.nosuid = true,
-        "dev" => opts.nodev = false,
-        "nodev" => opts.nodev = true,
+        "suid" => opts.nosuid = Some(false),
+        "nosuid" => opts.nosuid = Some(true),
+        "dev" => opts.nodev = Some(false),
+        "nodev" => opts.nodev = Some(true),
         "exec" => opts.noexec = false,
         "noexec" => opts.noexec = true,
         "atime" | "relatime" | "strictatime" => opts.noatime = false,
@@ -1055,7 +1067,8 @@ mod tests {
         assert_eq!(o.xino.as_deref(), Some("auto"));
         assert!(!o.redirect_dir);
         assert!(o.allow_other && o.allow_root && o.default_permissions);
-        assert!(o.nosuid && o.nodev && o.noexec && o.noatime && o.ro);
+        assert!(o.nosuid == Some(true) && o.nodev == Some(true));
+        assert!(o.noexec && o.noatime && o.ro);
         let o = mount(&["-o", "lowerdir=/l,fast_ino=0,noxattrs=0,writeback=0", "/m"]);
         assert!(!o.fast_ino && !o.noxattrs && !o.writeback);
         let o = mount(&["-o", "lowerdir=/l,threaded=3,timeout=0", "/m"]);

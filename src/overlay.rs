@@ -40,6 +40,8 @@ pub struct Counters {
     pub copy_ups: AtomicU64,
     pub copy_up_bytes: AtomicU64,
     pub whiteouts: AtomicU64,
+    /// FUSE requests by type.
+    pub requests: crate::counters::Requests,
 }
 
 pub struct Overlay {
@@ -64,9 +66,9 @@ pub struct Overlay {
     pub passthrough: AtomicBool,
     /// Serializes updates of the index's link-count records.
     index_lock: parking_lot::Mutex<()>,
-    /// Tells the kernel to drop its cached attributes of an inode that changed without a
-    /// request on it (set by the daemon once the session exists).
-    pub notify_attr: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Tells the kernel to drop its cached attributes of a node (set by the daemon once
+    /// the FUSE session exists; unset without a mount).
+    pub attr_invalidator: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 /// Result of resolving one name in a directory through the layer stack.
@@ -151,7 +153,7 @@ impl Overlay {
             ids: crate::idmap::IdMapper::from_options(opts),
             passthrough: AtomicBool::new(false),
             index_lock: parking_lot::Mutex::new(()),
-            notify_attr: std::sync::OnceLock::new(),
+            attr_invalidator: std::sync::OnceLock::new(),
         };
         ov.probe_capabilities();
         ov.make_root()?;
@@ -233,12 +235,22 @@ impl Overlay {
                 indexed: false,
                 lower_present: false,
                 deleted: false,
+                orphan: None,
             },
             0,
         );
         root.lookups.store(1, Ordering::Relaxed);
         self.inodes.insert(root);
         Ok(())
+    }
+
+    /// The attributes of node `id` changed outside a request that returns them (a
+    /// directory's copy-up makes it merged: st_nlink 1): the kernel must not keep its
+    /// cached copy.
+    pub fn invalidate_attr(&self, id: u64) {
+        if let Some(f) = self.attr_invalidator.get() {
+            f(id);
+        }
     }
 
     pub fn root(&self) -> Arc<Node> {
@@ -336,7 +348,7 @@ impl Overlay {
 
     /// Is the real entry (dir, name) with stat `st` a whiteout? `xwh` tells whether the
     /// directory may hold xattr whiteouts (opaque=x).
-    fn is_whiteout(&self, dir: &OwnedFd, name: &[u8], st: &Stat, xwh: bool) -> bool {
+    pub(crate) fn is_whiteout(&self, dir: &OwnedFd, name: &[u8], st: &Stat, xwh: bool) -> bool {
         if whiteout::is_whiteout_stat(st) {
             return true;
         }
@@ -773,6 +785,7 @@ impl Overlay {
             indexed: f.indexed,
             lower_present: f.lower_present,
             deleted: false,
+            orphan: None,
         };
         let mut slot = Some(f);
         let (node, created) = self.inodes.get_or_insert_ref(id, || {
@@ -783,10 +796,16 @@ impl Overlay {
             let f = slot.take().unwrap();
             let mut s = node.s.lock();
             if s.deleted || s.kind != kind {
-                // The id was reused by another object: start over with a new generation.
+                // Found again after its removal: the same object (a removed upper object's
+                // node holds it, so its number is not reused meanwhile), reached through a
+                // name the node did not know, e.g. another hard link. Only an object of
+                // another type is a new object, which needs a new generation (the kernel
+                // marks the inode of an id whose generation changes bad: EIO).
+                if s.kind != kind {
+                    node.generation
+                        .store(self.inodes.next_generation(), Ordering::Relaxed);
+                }
                 *s = make_state(f);
-                node.generation
-                    .store(self.inodes.next_generation(), Ordering::Relaxed);
             } else if kind == libc::S_IFDIR {
                 s.parent = Some(parent.clone());
                 s.name = name.to_vec();
@@ -800,29 +819,16 @@ impl Overlay {
                 }
                 s.lower_present = f.lower_present;
             } else {
-                let same_primary = s
-                    .parent
-                    .as_ref()
-                    .map(|p| p.id == parent.id && s.name == name)
-                    .unwrap_or(false);
-                if !same_primary
-                    && !s
-                        .aliases
-                        .iter()
-                        .any(|(p, n)| p.id == parent.id && n.as_slice() == name)
-                {
-                    if s.in_upper && !f.in_upper && s.indexed {
-                        // keep the upper primary; remember this lower alias too
-                    }
-                    s.aliases.push((parent.clone(), name.to_vec()));
-                }
+                // Another name of a hard-linked object: keep every name known; a name
+                // found in the upper becomes the primary one (the old primary stays an
+                // alias, whatever order the names are met in).
+                s.add_alias(parent, name);
                 if f.in_upper || !s.in_upper {
                     s.in_upper = f.in_upper;
                     s.lower = f.lower.or(s.lower.take());
                     s.indexed = f.indexed;
                     if f.in_upper {
-                        s.parent = Some(parent.clone());
-                        s.name = name.to_vec();
+                        s.set_primary(parent, name);
                     }
                 }
                 s.lower_present = s.lower_present || f.lower_present;
@@ -856,12 +862,31 @@ impl Overlay {
     }
 
     pub fn forget(&self, id: u64, n: u64) {
-        self.inodes.forget(id, n);
+        if let Some(node) = self.inodes.forget(id, n) {
+            self.drop_orphan(&node);
+        }
+    }
+
+    /// Remove the workdir copy of a deleted object once the kernel no longer holds it.
+    pub(crate) fn drop_orphan(&self, node: &Node) {
+        let Some(o) = node.s.lock().orphan.take() else {
+            return;
+        };
+        if let Ok(work) = self.work() {
+            if let Err(e) = sys::unlinkat(work.as_fd(), &o, false) {
+                log::warn!("removing orphan {}: {e}", bstr(&o));
+            }
+        }
     }
 
     /// Upper location of a non-directory: (parent's upper dir, name).
     pub fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
         let s = node.s.lock();
+        if let (true, Some(o)) = (s.deleted, &s.orphan) {
+            let o = o.clone();
+            drop(s);
+            return Ok((self.work()?.clone(), o));
+        }
         if s.kind == libc::S_IFDIR {
             return s
                 .upper_dir
@@ -938,20 +963,27 @@ impl Overlay {
     }
 
     /// Turn a stored stat into what the union shows: override_stat owner/mode where
-    /// xattr_permissions is on, and host ids mapped to container ids.
+    /// xattr_permissions is on, then stored ids mapped to shown ids (and squashed).
     pub fn present(&self, st: &mut Stat, dir: &OwnedFd, name: &[u8]) {
-        if let Some(x) = self.ids.override_xattr() {
-            if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
-                if let Some(o) = crate::idmap::parse_override(&v) {
-                    st.uid = o.uid;
-                    st.gid = o.gid;
-                    st.mode = (st.mode & libc::S_IFMT) | o.mode;
-                    return;
-                }
+        self.apply_override(st, dir, name);
+        st.uid = self.ids.shown_uid(st.uid);
+        st.gid = self.ids.shown_gid(st.gid);
+    }
+
+    /// Where xattr_permissions is on and the object has a valid override xattr, take owner
+    /// and mode from it. The ids stay stored ids (the override holds stored ids, as
+    /// containers/storage writes them into layers and fuse-overlayfs maps them).
+    pub(crate) fn apply_override(&self, st: &mut Stat, dir: &OwnedFd, name: &[u8]) {
+        let Some(x) = self.ids.override_xattr() else {
+            return;
+        };
+        if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
+            if let Some(o) = crate::idmap::parse_override(&v) {
+                st.uid = o.uid;
+                st.gid = o.gid;
+                st.mode = (st.mode & libc::S_IFMT) | o.mode;
             }
         }
-        st.uid = self.ids.uid_to_container(st.uid);
-        st.gid = self.ids.gid_to_container(st.gid);
     }
 
     /// The union link count recorded for a hard-linked lower object, if any change or
@@ -999,7 +1031,26 @@ impl Overlay {
 
     pub fn getattr(&self, id: u64) -> Result<Attr> {
         let node = self.node(id)?;
-        self.attr_of(&node)
+        if !node.s.lock().deleted {
+            return self.attr_of(&node);
+        }
+        // Removed from the union but still in use (fstat of an unlinked open file, which
+        // the kernel may ask without a handle): its old name may hold a whiteout or
+        // another object now. Answer from an open handle of the node.
+        let fh = self
+            .handles
+            .iter()
+            .find(|h| h.node.id == id && h.fd().is_ok())
+            .map(|h| *h.key());
+        if let Some(fh) = fh {
+            return self.getattr_fh(id, fh);
+        }
+        let mut a = self.attr_of(&node)?;
+        if a.st.kind() != node.kind() {
+            return err(libc::ENOENT);
+        }
+        a.st.nlink = 0;
+        Ok(a)
     }
 
     pub fn statfs(&self) -> Result<sys::StatFs> {

@@ -374,6 +374,70 @@ fn xattr_path(dir: Fd, name: &[u8]) -> Result<(CString, bool)> {
     Ok((cstr(&proc_fd_path(dir.as_raw_fd(), Some(name)))?, follow))
 }
 
+/// name_to_handle_at(2) of (dir, name), or of `dir` itself when `name` is empty, never
+/// following a final symlink: (handle type, handle bytes).
+pub fn name_to_handle(dir: Fd, name: &[u8]) -> Result<(i32, Vec<u8>)> {
+    const MAX_HANDLE_SZ: usize = 128;
+    #[repr(C)]
+    struct Handle {
+        bytes: libc::c_uint,
+        kind: libc::c_int,
+        data: [u8; MAX_HANDLE_SZ],
+    }
+    let mut h = Handle {
+        bytes: MAX_HANDLE_SZ as libc::c_uint,
+        kind: 0,
+        data: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let c = cstr(name)?;
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH
+    } else {
+        0
+    };
+    // SAFETY: `h` is a `struct file_handle` with room for MAX_HANDLE_SZ bytes, as
+    // `bytes` says; the kernel writes at most that much.
+    check(unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut h as *mut Handle as *mut libc::file_handle,
+            &mut mount_id,
+            flags,
+        )
+    })?;
+    let n = (h.bytes as usize).min(MAX_HANDLE_SZ);
+    Ok((h.kind, h.data[..n].to_vec()))
+}
+
+/// The UUID of the filesystem `fd` is on (FS_IOC_GETFSUUID, Linux >= 6.5: the
+/// superblock's s_uuid, as the kernel overlay records in origin file handles); None when
+/// the filesystem has none or the kernel cannot tell.
+pub fn fs_uuid(fd: Fd) -> Option<[u8; 16]> {
+    #[repr(C)]
+    struct FsUuid2 {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    // _IOR(0x15, 0, struct fsuuid2)
+    const FS_IOC_GETFSUUID: libc::c_ulong =
+        (2 << 30) | ((std::mem::size_of::<FsUuid2>() as libc::c_ulong) << 16) | (0x15 << 8);
+    let mut u = FsUuid2 {
+        len: 0,
+        uuid: [0; 16],
+    };
+    // SAFETY: the ioctl writes one `struct fsuuid2` into `u`.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            FS_IOC_GETFSUUID as _,
+            &mut u as *mut FsUuid2,
+        )
+    };
+    (r == 0 && u.len == 16).then_some(u.uuid)
+}
+
 /// Read an xattr; `Ok(None)` when it does not exist (or xattrs are unsupported).
 pub fn getxattr(dir: Fd, name: &[u8], attr: &[u8]) -> Result<Option<Vec<u8>>> {
     let (p, follow) = xattr_path(dir, name)?;
@@ -887,4 +951,28 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
 /// `fd` as raw for logging.
 pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
+}
+
+/// Open the system log for the daemon (`ident` is kept for the process's life).
+pub fn openlog(ident: &'static std::ffi::CStr) {
+    unsafe {
+        libc::openlog(
+            ident.as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_DAEMON,
+        )
+    }
+}
+
+/// Send one message to the system log at warning level.
+pub fn syslog(msg: &[u8]) {
+    let m: Vec<u8> = msg.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
+    if let Ok(c) = CString::new(m) {
+        unsafe { libc::syslog(libc::LOG_WARNING, c"%s".as_ptr(), c.as_ptr()) }
+    }
+}
+
+/// Whether a syslog daemon listens on /dev/log.
+pub fn syslog_available() -> bool {
+    std::fs::symlink_metadata("/dev/log").is_ok()
 }

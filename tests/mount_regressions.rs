@@ -155,7 +155,12 @@ fn regression_unlink_and_trunc_copy_no_data() {
         .unwrap();
     let up = fs::metadata(s.upper().join("trunc")).unwrap();
     assert_eq!(up.len(), 0);
-    assert_eq!(up.blocks(), 0, "O_TRUNC copied data blocks");
+    // (one block may hold the copy's xattrs: layerfs's origin and the kernel's)
+    assert!(
+        up.blocks() <= 8,
+        "O_TRUNC copied data blocks: {}",
+        up.blocks()
+    );
 }
 
 #[test]
@@ -411,5 +416,125 @@ fn read_only_mount_refuses_writes() {
             .map(drop),
     ] {
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    }
+}
+
+/// An fd opened read-only on a lower file before a copy-up reads the upper copy after it
+/// (the kernel overlay >= 4.19): through the page cache, through the daemon once the
+/// cached pages are dropped, by fstat, and through a mapping made after the copy-up.
+#[test]
+fn fd_opened_before_copy_up_reads_the_copy() {
+    if !common::require_mount_privilege("fd_opened_before_copy_up_reads_the_copy") {
+        return;
+    }
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let s = Scratch::new();
+    fs::write(s.lower(0).join("f"), "lower data\n").unwrap();
+    for name in ["g", "h"] {
+        fs::write(s.lower(0).join(name), "lower\n").unwrap();
+    }
+    fs::write(s.lower(0).join("other"), "other\n").unwrap();
+    let m = s.mount(1, "");
+    let mut old = fs::File::open(m.path("f")).unwrap();
+    let mut before = String::new();
+    old.read_to_string(&mut before).unwrap();
+    assert_eq!(before, "lower data\n");
+    let want = "lower data\n+new\n";
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("f"))
+        .unwrap()
+        .write_all(b"+new\n")
+        .unwrap();
+    assert_eq!(fs::read_to_string(s.upper().join("f")).unwrap(), want);
+    let read_old = |old: &mut fs::File| {
+        let mut got = String::new();
+        old.rewind().unwrap();
+        old.read_to_string(&mut got).unwrap();
+        got
+    };
+    assert_eq!(read_old(&mut old), want, "old fd, page cache");
+    assert_eq!(old.metadata().unwrap().len(), want.len() as u64, "fstat");
+    // Drop the clean cached pages: the next reads go to the daemon through the old fd.
+    let fd = old.as_raw_fd();
+    assert_eq!(
+        unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) },
+        0
+    );
+    assert_eq!(read_old(&mut old), want, "old fd, read by the daemon");
+    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let len = want.len();
+    let got = unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let v = std::slice::from_raw_parts(p as *const u8, len).to_vec();
+        libc::munmap(p, len);
+        v
+    };
+    assert_eq!(String::from_utf8_lossy(&got), want, "old fd, mmap");
+    // The copy's only name removed before the old fd is used again: it still reads the
+    // copy (as an unlinked open file), for unlink and for a rename over it.
+    for (name, remove) in [("g", "rm"), ("h", "mv other")] {
+        let path = m.path(name);
+        let mut old = fs::File::open(&path).unwrap();
+        sh_ok(&format!("echo new >> '{}'", path.display()));
+        let cmd = match remove {
+            "rm" => format!("rm '{}'", path.display()),
+            _ => format!("mv '{}' '{}'", m.path("other").display(), path.display()),
+        };
+        sh_ok(&cmd);
+        unsafe { libc::posix_fadvise(old.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(read_old(&mut old), "lower\nnew\n", "old fd after {remove}");
+    }
+}
+
+/// A directory copied up because of a change below it becomes merged, and reports
+/// st_nlink 1 (as the kernel overlay does) at once, not after the kernel's attribute
+/// cache expires (found by the differential tests as an nlink change across a remount).
+#[test]
+fn directory_copy_up_updates_cached_nlink() {
+    if !common::require_mount_privilege("directory_copy_up_updates_cached_nlink") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(0).join("d/sub")).unwrap();
+    fs::write(s.lower(0).join("d/f"), "x").unwrap();
+    let m = s.mount(1, "");
+    assert_eq!(fs::metadata(m.path("d")).unwrap().nlink(), 3);
+    sh_ok(&format!("echo y >> '{}'", m.path("d/f").display()));
+    assert_eq!(
+        fs::metadata(m.path("d")).unwrap().nlink(),
+        1,
+        "stale st_nlink"
+    );
+    drop(m);
+    let m = s.mount(1, "");
+    assert_eq!(fs::metadata(m.path("d")).unwrap().nlink(), 1);
+}
+
+/// fstat of an open file whose last name was removed works (st_nlink 0), as on the
+/// kernel overlay: the kernel may ask without the file handle.
+#[test]
+fn fstat_of_unlinked_open_file() {
+    if !common::require_mount_privilege("fstat_of_unlinked_open_file") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::write(s.lower(0).join("lower"), "lower\n").unwrap();
+    let m = s.mount(1, "");
+    fs::write(m.path("upper"), "up\n").unwrap();
+    for (name, size) in [("upper", 3), ("lower", 6)] {
+        let f = fs::File::open(m.path(name)).unwrap();
+        fs::remove_file(m.path(name)).unwrap();
+        let st = f.metadata().unwrap();
+        assert_eq!((st.len(), st.nlink()), (size, 0), "{name}");
     }
 }

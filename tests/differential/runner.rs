@@ -60,11 +60,6 @@ pub struct Runner {
     opts: SnapOpts,
     pub done: Vec<Act>,
     pub ops_compared: usize,
-    /// step around the known layerfs bugs listed in `crate::KNOWN_BUGS` (the random
-    /// sequences and fixed scenarios do; the ignored regression tests do not)
-    pub tolerate_known_bugs: bool,
-    /// a DropCaches or Remount happened: layerfs may know objects by other names now
-    pub evicted: bool,
 }
 
 fn mkdirs(p: &Path) -> PathBuf {
@@ -117,8 +112,6 @@ impl Runner {
             },
             done: Vec::new(),
             ops_compared: 0,
-            tolerate_known_bugs: true,
-            evicted: false,
         }
     }
 
@@ -151,12 +144,6 @@ impl Runner {
     /// Snapshot and compare every side now (after changes made outside [`Runner::step`]).
     pub fn compare_now(&mut self, what: &str) -> Result<(), String> {
         self.compare_all(what, None)
-    }
-
-    /// Whether the first layerfs side's upper holds `a` itself (a copied-up or new
-    /// object rather than one still only in a lower layer).
-    pub fn in_layerfs_upper(&self, a: &P) -> bool {
-        std::fs::symlink_metadata(a.under(&self.sides[1].upper)).is_ok()
     }
 
     /// The kernel's current tree: the state abstract ops are resolved against.
@@ -216,11 +203,9 @@ impl Runner {
         self.done.push(act.clone());
         let what = format!("step {} {act:?}", self.done.len() - 1);
         if *act == Act::Remount {
-            self.evicted = true;
             return self.remount(&what);
         }
         if *act == Act::DropCaches {
-            self.evicted = true;
             // no snapshot now: the next act decides what layerfs looks up first
             drop_caches();
             return Ok(());
@@ -347,11 +332,6 @@ impl Runner {
             drop(m);
             let who = format!("kernel on the {} upper", s.name);
             for p in &t.problems {
-                if self.tolerate_known_bugs
-                    && p.contains(crate::KNOWN_BUG_KERNEL_DINO_ON_LAYERFS_UPPER.0)
-                {
-                    continue;
-                }
                 problems.push(format!("{who}: {p}"));
             }
             for d in diff(&reference, &t, "kernel", &who, &relaxed) {
