@@ -95,6 +95,28 @@ fn time_spec(t: Option<TimeOrNow>) -> sys::TimeSpec {
     }
 }
 
+/// Attributes of an entry the kernel keeps no inode for: `.`/`..` in readdirplus, and
+/// (with ino 0) a negative lookup.
+fn placeholder_attr(ino: u64, kind: FileType) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind,
+        perm: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -155,7 +177,17 @@ impl Filesystem for Fs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.ov.counters.requests.count(Op::Lookup);
-        self.entry(reply, self.ov.lookup(parent.0, name.as_bytes()))
+        match self.ov.lookup(parent.0, name.as_bytes()) {
+            // A negative entry (node id 0) the kernel may cache like a positive one: names
+            // only appear through this mount, and the kernel replaces the negative dentry
+            // when one is created here.
+            Err(e) if e.is(libc::ENOENT) && !self.ttl.is_zero() => reply.entry(
+                &self.ttl,
+                &placeholder_attr(0, FileType::RegularFile),
+                Generation(0),
+            ),
+            r => self.entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -510,23 +542,7 @@ impl Filesystem for Fs {
                 }
                 None => {
                     // `.`/`..`: the kernel takes no reference for these.
-                    let fa = FileAttr {
-                        ino: INodeNo(e.ino),
-                        size: 0,
-                        blocks: 0,
-                        atime: UNIX_EPOCH,
-                        mtime: UNIX_EPOCH,
-                        ctime: UNIX_EPOCH,
-                        crtime: UNIX_EPOCH,
-                        kind: FileType::Directory,
-                        perm: 0,
-                        nlink: 1,
-                        uid: 0,
-                        gid: 0,
-                        rdev: 0,
-                        blksize: 4096,
-                        flags: 0,
-                    };
+                    let fa = placeholder_attr(e.ino, FileType::Directory);
                     reply.add(
                         INodeNo(e.ino),
                         next,
