@@ -928,7 +928,8 @@ fn explain_on_a_live_mount_and_sigusr1_counters() {
             .unwrap_or(0)
     };
     assert!(num("lookup") >= 3, "{line}");
-    assert!(num("create") >= 1 && num("write") >= 1, "{line}");
+    // (the write itself may bypass the daemon: FUSE passthrough as root)
+    assert!(num("create") >= 1, "{line}");
     assert!(num("readdir") + num("readdirplus") >= 1, "{line}");
     assert!(num("total") >= num("lookup") + num("create"), "{line}");
 }
