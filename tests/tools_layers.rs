@@ -1029,3 +1029,58 @@ cat {m}/f >/dev/null; ls {m} >/dev/null
     assert!(line.contains("lookup="), "{line}");
     assert!(line.contains("open=") || line.contains("read="), "{line}");
 }
+
+/// A copy of a mount in another mount namespace keeps the daemon alive after `umount`;
+/// when the copy goes, the daemon must exit without unmounting its mountpoint by path,
+/// where a newer mount may live by then (possibly with the reused device number).
+#[test]
+fn old_daemon_does_not_unmount_a_newer_mount_on_its_path() {
+    if !require_mount_privilege("old_daemon_does_not_unmount_a_newer_mount_on_its_path") {
+        return;
+    }
+    let _ns = ns_exclusive();
+    let s = Scratch::new();
+    std::fs::write(s.lower(0).join("f"), "x").unwrap();
+    let a = s.mount(1, "");
+    let old = common::daemon_pids(&s.mnt());
+    assert_eq!(old.len(), 1);
+    // a namespace holding a copy of the mount for a while
+    let mut ns = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "echo ready; sleep 2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(ns.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    drop(a); // umount here; the copy keeps the old daemon's session alive
+    assert!(Path::new(&format!("/proc/{}", old[0])).exists());
+    let b = s.mount(1, "");
+    assert!(ns.wait().unwrap().success());
+    // the old daemon's session ends now: it must exit and leave the new mount alone
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{}", old[0])).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old daemon did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        common::is_mounted(&s.mnt()),
+        "the newer mount was unmounted"
+    );
+    assert_eq!(std::fs::read(b.path("f")).unwrap(), b"x");
+}
