@@ -968,3 +968,9 @@ pub fn syslog(msg: &[u8]) {
 pub fn syslog_available() -> bool {
     std::fs::symlink_metadata("/dev/log").is_ok()
 }
+
+/// Unmount a path (`umount2(path, 0)`).
+pub fn umount(path: &std::path::Path) -> Result<()> {
+    let c = cstr(path.as_os_str().as_bytes())?;
+    check(unsafe { libc::umount2(c.as_ptr(), 0) }).map(drop)
+}
