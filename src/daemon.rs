@@ -102,7 +102,12 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
                 log::warn!("unmount failed ({e}); detaching");
                 let _ = sys::umount_detach(&mnt);
             }
-            break;
+            // The session ends when the kernel ends the connection. A copy of the mount in
+            // another mount namespace (made by anyone who unshared one meanwhile) keeps it
+            // open: do not outlive a termination signal because of that.
+            std::thread::sleep(Duration::from_secs(5));
+            log::warn!("the mount still has users (another mount namespace?): exiting");
+            std::process::exit(0);
         })
         .ok();
     if let Some(mut f) = ready.take() {
