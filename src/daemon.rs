@@ -78,7 +78,7 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         ov: ov.clone(),
         ttl,
         acl: !opts.noacl,
-        passthrough: !opts.writeback,
+        passthrough: !opts.writeback && passthrough_permitted(),
     };
     sys::block_signals();
     let config = fuse_config(opts, ov.cfg.read_only);
@@ -117,6 +117,21 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
             0
         }
     }
+}
+
+/// FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace (the kernel checks it
+/// when a backing file is registered). Where that is missing, say so once, while stderr still
+/// reaches the caller, and do file I/O through the daemon.
+fn passthrough_permitted() -> bool {
+    let why = if sys::geteuid() != 0 {
+        "not running as root"
+    } else if !sys::in_initial_user_namespace() {
+        "running in a user namespace"
+    } else {
+        return true;
+    };
+    log::warn!("{why}: no FUSE passthrough, file I/O goes through the daemon");
+    false
 }
 
 pub fn dump_counters(ov: &Overlay) {

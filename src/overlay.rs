@@ -165,8 +165,9 @@ impl Overlay {
                 match sys::setxattr(work.as_fd(), &probe, b"trusted.overlay.opaque", b"y", 0) {
                     Ok(()) => XattrNs::Trusted,
                     Err(e) => {
-                        log::info!(
-                            "trusted.* xattrs not writable ({e}): writing user.overlay.* metadata"
+                        log::warn!(
+                            "trusted.* xattrs not writable ({e}): writing opaque, redirect and \
+                             origin as user.* xattrs"
                         );
                         XattrNs::User
                     }
