@@ -84,7 +84,13 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
     let config = fuse_config(opts, ov.cfg.read_only);
     let mut session = match Session::new(fs, &opts.mountpoint, &config) {
         Ok(s) => s,
-        Err(e) => return fail(format!("mount {}: {e}", opts.mountpoint.display())),
+        Err(e) => {
+            return fail(format!(
+                "mount {}: {}",
+                opts.mountpoint.display(),
+                crate::options::io_msg(&e)
+            ))
+        }
     };
     let mut unmounter = session.unmount_callable();
     let mnt = opts.mountpoint.clone();
