@@ -137,13 +137,19 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         ov: ov.clone(),
         ttl,
         acl: !opts.noacl,
-        passthrough: !opts.writeback,
+        passthrough: !opts.writeback && passthrough_permitted(),
     };
     sys::block_signals();
     let config = fuse_config(opts, ov.cfg.read_only);
     let session = match Session::new(fs, &opts.mountpoint, &config) {
         Ok(s) => s,
-        Err(e) => return fail(format!("mount {}: {e}", opts.mountpoint.display())),
+        Err(e) => {
+            return fail(format!(
+                "mount {}: {}",
+                opts.mountpoint.display(),
+                crate::options::io_msg(&e)
+            ))
+        }
     };
     let notifier = session.notifier();
     let _ = ov.attr_invalidator.set(Box::new(move |ino| {
@@ -208,6 +214,21 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
     // mount, as a crash would.)
     std::mem::forget(bg);
     0
+}
+
+/// FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace (the kernel checks it
+/// when a backing file is registered). Where that is missing, say so once, while stderr still
+/// reaches the caller, and do file I/O through the daemon.
+fn passthrough_permitted() -> bool {
+    let why = if sys::geteuid() != 0 {
+        "not running as root"
+    } else if !sys::in_initial_user_namespace() {
+        "running in a user namespace"
+    } else {
+        return true;
+    };
+    log::warn!("{why}: no FUSE passthrough, file I/O goes through the daemon");
+    false
 }
 
 /// Whether `/proc/self/mountinfo` lists a mount on `mnt` with device `dev`.

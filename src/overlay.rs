@@ -123,8 +123,9 @@ impl Overlay {
             (Some(_), Some(w)) if !read_only => {
                 let wfd = sys::open_dir_path(w)
                     .map_err(|e| e.context(format!("open workdir {}", w.display())))?;
-                let work = prepare_subdir(wfd.as_fd(), b"work", true)?;
-                let index = prepare_subdir(wfd.as_fd(), b"layerfs-index", false)?;
+                let within = |e: Error| e.within(format!("workdir {}", w.display()));
+                let work = prepare_subdir(wfd.as_fd(), b"work", true).map_err(within)?;
+                let index = prepare_subdir(wfd.as_fd(), b"layerfs-index", false).map_err(within)?;
                 (Some(Arc::new(work)), Some(Arc::new(index)))
             }
             _ => (None, None),
@@ -171,8 +172,9 @@ impl Overlay {
                 match sys::setxattr(work.as_fd(), &probe, b"trusted.overlay.opaque", b"y", 0) {
                     Ok(()) => XattrNs::Trusted,
                     Err(e) => {
-                        log::info!(
-                            "trusted.* xattrs not writable ({e}): writing user.overlay.* metadata"
+                        log::warn!(
+                            "trusted.* xattrs not writable ({e}): writing opaque, redirect and \
+                             origin as user.* xattrs"
                         );
                         XattrNs::User
                     }
@@ -1068,14 +1070,16 @@ pub fn bstr(b: &[u8]) -> String {
 /// Create (or reuse) `name` under `dir`; when `empty` clear what is in it (leftovers of a
 /// crashed daemon: staging files are never valid state).
 fn prepare_subdir(dir: std::os::fd::BorrowedFd, name: &[u8], empty: bool) -> Result<OwnedFd> {
+    let name_s = String::from_utf8_lossy(name);
     match sys::mkdirat(dir, name, 0o700) {
         Ok(()) => {}
         Err(e) if e.is(libc::EEXIST) => {}
-        Err(e) => return Err(e.context("create work directory")),
+        Err(e) => return Err(e.context(format!("create {name_s}"))),
     }
-    let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        .map_err(|e| e.context(format!("open {name_s}")))?;
     if empty {
-        remove_contents(&fd)?;
+        remove_contents(&fd).map_err(|e| e.context(format!("empty {name_s}")))?;
     }
     Ok(fd)
 }

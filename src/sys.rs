@@ -797,6 +797,15 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// True when this process runs in the initial user namespace (its uid_map is the identity
+/// over all ids), where root holds real capabilities; false inside `unshare -U`, rootless
+/// podman's namespace, or when the map cannot be read.
+pub fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
+
 pub fn getegid() -> u32 {
     unsafe { libc::getegid() }
 }
