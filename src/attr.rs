@@ -45,36 +45,38 @@ impl Overlay {
                 }
             }
         }
+        // chown to a shown id no triple covers is refused, as for the kernel's idmapped mounts.
+        let uid = match a.uid {
+            Some(u) => Some(
+                self.ids
+                    .stored_uid(u)
+                    .ok_or_else(|| Error::from_errno(libc::EINVAL))?,
+            ),
+            None => None,
+        };
+        let gid = match a.gid {
+            Some(g) => Some(
+                self.ids
+                    .stored_gid(g)
+                    .ok_or_else(|| Error::from_errno(libc::EINVAL))?,
+            ),
+            None => None,
+        };
         if let Some(x) = self.ids.override_xattr() {
-            if a.uid.is_some() || a.gid.is_some() || a.mode.is_some() {
-                // Owner and mode live in the override xattr, not in the inode.
-                let cur = self.attr_of(&node)?.st;
+            if uid.is_some() || gid.is_some() || a.mode.is_some() {
+                // Owner and mode live in the override xattr (stored ids), not in the inode.
+                let mut cur = sys::fstatat(dir.as_fd(), &name)?;
+                self.apply_override(&mut cur, &dir, &name);
                 let o = OverrideStat {
-                    uid: a.uid.unwrap_or(cur.uid),
-                    gid: a.gid.unwrap_or(cur.gid),
+                    uid: uid.unwrap_or(cur.uid),
+                    gid: gid.unwrap_or(cur.gid),
                     mode: a.mode.unwrap_or(cur.mode) & 0o7777,
                     kind: Some(cur.kind()),
                 };
                 sys::setxattr(dir.as_fd(), &name, x, &format_override(&o), 0)?;
             }
         } else {
-            if a.uid.is_some() || a.gid.is_some() {
-                let uid = match a.uid {
-                    Some(u) => Some(
-                        self.ids
-                            .uid_to_host(u)
-                            .ok_or_else(|| Error::from_errno(libc::EINVAL))?,
-                    ),
-                    None => None,
-                };
-                let gid = match a.gid {
-                    Some(g) => Some(
-                        self.ids
-                            .gid_to_host(g)
-                            .ok_or_else(|| Error::from_errno(libc::EINVAL))?,
-                    ),
-                    None => None,
-                };
+            if uid.is_some() || gid.is_some() {
                 sys::fchownat(dir.as_fd(), &name, uid, gid)?;
             }
             if let Some(mode) = a.mode {

@@ -90,9 +90,19 @@ impl Overlay {
 
     /// chown/chmod/utimes of a staged object to match `st`.
     fn copy_meta(&self, dir: BorrowedFd, name: &[u8], st: &Stat) -> Result<()> {
-        if self.cfg.chown_new && (st.uid != sys::geteuid() || st.gid != sys::getegid()) {
-            sys::fchownat(dir, name, Some(st.uid), Some(st.gid))
-                .map_err(|e| e.context("copy-up chown"))?;
+        if st.uid != sys::geteuid() || st.gid != sys::getegid() {
+            if self.cfg.chown_new {
+                sys::fchownat(dir, name, Some(st.uid), Some(st.gid))
+                    .map_err(|e| e.context("copy-up chown"))?;
+            } else if self.ids.override_xattr().is_none()
+                && sys::fchownat(dir, name, Some(st.uid), Some(st.gid)).is_err()
+            {
+                // A plain user's daemon cannot give the copy its owner; a copy owned by the
+                // user would grant the user the owner's rights (chmod, entries in a root
+                // directory). Refuse, as the kernel does when it cannot keep the owner.
+                return Err(Error::from_errno(libc::EPERM)
+                    .context("copy-up cannot keep the owner of an object of another user"));
+            }
         }
         if !st.is_lnk() {
             sys::fchmodat(dir, name, st.mode & 0o7777).map_err(|e| e.context("copy-up chmod"))?;
@@ -387,7 +397,13 @@ impl Overlay {
             _ => return err(libc::EIO),
         }
         self.copy_xattrs(sdir.as_fd(), sname, w, &tmp)?;
-        if !st.is_lnk() || self.xattr_ns == crate::overlay::XattrNs::Trusted {
+        // user.* xattrs exist only on regular files and directories (xattr(7): EPERM on
+        // symlinks, FIFOs, sockets and devices), so without trusted.* those copy up with no
+        // origin and get the upper's inode number after a remount, as the kernel's
+        // userxattr mode does.
+        let origin_allowed = matches!(st.kind(), libc::S_IFREG | libc::S_IFDIR)
+            || self.xattr_ns == crate::overlay::XattrNs::Trusted;
+        if origin_allowed {
             if let Err(e) = self.set_origin(w, &tmp, st_ino) {
                 if !st.is_lnk() {
                     return Err(e);

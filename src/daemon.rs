@@ -1,6 +1,10 @@
 //! Mounting and the daemon's life: go to the background and report success only once the
 //! mount is live, serve requests, and unmount cleanly on SIGTERM/SIGINT or an external
 //! `umount`/`fusermount3 -u`.
+//!
+//! The log (warnings, `-d` request traces, the `SIGUSR1` counters) goes to `log=FILE` when
+//! given; otherwise to stderr, and once a background daemon has detached from its terminal,
+//! to syslog (facility daemon, ident `layerfs`) when a syslog daemon listens on /dev/log.
 
 use crate::fuse::Fs;
 use crate::options::Options;
@@ -9,9 +13,49 @@ use crate::sys;
 use fuser::{Config, MountOption, Session, SessionACL};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+static LOG_FILE: parking_lot::Mutex<Option<std::fs::File>> = parking_lot::Mutex::new(None);
+static LOG_SYSLOG: AtomicBool = AtomicBool::new(false);
+
+/// Where log records go: `log=FILE`, else syslog once detached, else stderr. Given to
+/// env_logger as its target.
+pub struct LogSink;
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(f) = LOG_FILE.lock().as_mut() {
+            return f.write_all(buf).map(|_| buf.len());
+        }
+        if LOG_SYSLOG.load(Ordering::Relaxed) {
+            for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                sys::syslog(line);
+            }
+            return Ok(buf.len());
+        }
+        std::io::stderr().write_all(buf).map(|_| buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(f) = LOG_FILE.lock().as_mut() {
+            return f.flush();
+        }
+        Ok(())
+    }
+}
+
+/// Send the log to `path` (appended, created mode 0600).
+pub fn set_log_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    *LOG_FILE.lock() = Some(f);
+    Ok(())
+}
 
 /// Default entry/attr timeout. Only layerfs changes the union (the layers must not be
 /// modified behind its back, as with the kernel overlay), and the kernel invalidates what
@@ -130,6 +174,10 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
     if let Some(mut f) = ready.take() {
         let _ = f.write_all(&[0]);
         drop(f);
+        if LOG_FILE.lock().is_none() && sys::syslog_available() {
+            sys::openlog(c"layerfs");
+            LOG_SYSLOG.store(true, Ordering::Relaxed);
+        }
         sys::redirect_stdio_to_null();
     }
     match session.run() {
@@ -141,15 +189,21 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
     }
 }
 
-pub fn dump_counters(ov: &Overlay) {
-    log::warn!(
-        "counters: inodes={} handles={} copy_ups={} copy_up_bytes={} whiteouts={}",
+/// The counters line logged on SIGUSR1.
+pub fn counters_line(ov: &Overlay) -> String {
+    format!(
+        "counters: inodes={} handles={} copy_ups={} copy_up_bytes={} whiteouts={} requests: {}",
         ov.inodes.len(),
         ov.handles.len(),
         ov.counters.copy_ups.load(Ordering::Relaxed),
         ov.counters.copy_up_bytes.load(Ordering::Relaxed),
         ov.counters.whiteouts.load(Ordering::Relaxed),
-    );
+        ov.counters.requests.summary(),
+    )
+}
+
+pub fn dump_counters(ov: &Overlay) {
+    log::warn!("{}", counters_line(ov));
 }
 
 /// Run the mount: in the foreground, or forked into the background with the parent

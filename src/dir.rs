@@ -93,29 +93,30 @@ impl Overlay {
     ) -> Result<()> {
         let pst = sys::fstat(pup.as_fd())?;
         let sgid = pst.mode & libc::S_ISGID != 0;
+        // A shown id no triple covers cannot be stored (the kernel's idmapped mounts say
+        // EOVERFLOW too).
+        let uid = self
+            .ids
+            .stored_uid(who.uid)
+            .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))?;
+        let caller_gid = || {
+            self.ids
+                .stored_gid(who.gid)
+                .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))
+        };
         if let Some(x) = self.ids.override_xattr() {
             let st = sys::fstatat(dir, name)?;
-            let mut pshown = pst;
-            self.present(&mut pshown, pup, b"");
+            let mut pstored = pst;
+            self.apply_override(&mut pstored, pup, b"");
             let o = crate::idmap::OverrideStat {
-                uid: who.uid,
-                gid: if sgid { pshown.gid } else { who.gid },
+                uid,
+                gid: if sgid { pstored.gid } else { caller_gid()? },
                 mode: st.mode & 0o7777,
                 kind: Some(st.kind()),
             };
             return sys::setxattr(dir, name, x, &crate::idmap::format_override(&o), 0);
         }
-        let uid = self
-            .ids
-            .uid_to_host(who.uid)
-            .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))?;
-        let gid = if sgid {
-            pst.gid
-        } else {
-            self.ids
-                .gid_to_host(who.gid)
-                .ok_or_else(|| Error::from_errno(libc::EOVERFLOW))?
-        };
+        let gid = if sgid { pst.gid } else { caller_gid()? };
         if self.cfg.chown_new && (uid != sys::geteuid() || gid != sys::getegid()) {
             sys::fchownat(dir, name, Some(uid), Some(gid))?;
         }
@@ -334,6 +335,74 @@ impl Overlay {
         self.create_whiteout(pup.as_fd(), name)
     }
 
+    /// Removing (parent, name) takes the last name of an upper non-directory that the
+    /// kernel still holds (an open file, an O_PATH fd, a cwd...): it must stay usable, and
+    /// its real inode must stay allocated so its inode number (the node id) is not given
+    /// to a new file while the kernel still knows the old one.
+    fn needs_orphan(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &[u8]) -> bool {
+        if self.work.is_none() || node.lookups.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let s = node.s.lock();
+        s.kind != libc::S_IFDIR
+            && s.in_upper
+            && !s.indexed
+            && s.aliases.is_empty()
+            && s.is_primary(parent.id, name)
+    }
+
+    fn orphan_name(node: &Node) -> Vec<u8> {
+        format!("orphan-{:016x}", node.id).into_bytes()
+    }
+
+    /// Move the upper object `name` into the workdir as the node's orphan (leaving a
+    /// whiteout when lower content has that name) instead of unlinking it.
+    fn orphan_upper_entry(
+        &self,
+        pup: &OwnedFd,
+        name: &[u8],
+        lower_present: bool,
+        node: &Arc<Node>,
+    ) -> Result<()> {
+        let work = self.work()?.clone();
+        let oname = Self::orphan_name(node);
+        let _ = sys::unlinkat(work.as_fd(), &oname, false);
+        let mut moved = false;
+        if lower_present && self.chardev_whiteouts.load(Ordering::Relaxed) {
+            match sys::renameat2(
+                pup.as_fd(),
+                name,
+                work.as_fd(),
+                &oname,
+                sys::RENAME_WHITEOUT,
+            ) {
+                Ok(()) => {
+                    moved = true;
+                    self.counters.whiteouts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.is(libc::EINVAL) || e.is(libc::EPERM) || e.is(libc::EOPNOTSUPP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !moved {
+            sys::renameat2(pup.as_fd(), name, work.as_fd(), &oname, 0)?;
+            if lower_present {
+                self.create_whiteout(pup.as_fd(), name)?;
+            }
+        }
+        self.set_orphan(node, oname);
+        Ok(())
+    }
+
+    /// Record the node's orphan; if the kernel forgot the node meanwhile (the forget saw
+    /// no orphan yet), remove it here.
+    fn set_orphan(&self, node: &Arc<Node>, oname: Vec<u8>) {
+        node.s.lock().orphan = Some(oname);
+        if node.lookups.load(Ordering::Acquire) == 0 {
+            self.drop_orphan(node);
+        }
+    }
+
     /// Drop the name (parent, name) from a node; marks it deleted when no name is left.
     fn drop_name(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &[u8]) {
         let mut s = node.s.lock();
@@ -376,6 +445,10 @@ impl Overlay {
         let node = self.temp_node(&p, name, *f);
         if in_upper {
             self.refresh_stale_handles(&node);
+        }
+        if in_upper && self.needs_orphan(&node, &p, name) {
+            self.orphan_upper_entry(&pup, name, lower_present, &node)?;
+        } else if in_upper {
             self.remove_upper_entry(&pup, name, lower_present, false)?;
         } else {
             self.create_whiteout(pup.as_fd(), name)?;
@@ -571,6 +644,24 @@ impl Overlay {
         if let Some((dn, false, ..)) = &dinfo {
             self.refresh_stale_handles(dn);
         }
+        // A replaced upper file the kernel still holds lives on as an orphan: link it into
+        // the workdir first (if a later step fails, the link stays there until the next
+        // mount empties the workdir).
+        let dst_orphan = match &dinfo {
+            Some((dn, false, ..)) if dst_in_upper && self.needs_orphan(dn, &np, newname) => {
+                let work = self.work()?.clone();
+                let o = Self::orphan_name(dn);
+                let _ = sys::unlinkat(work.as_fd(), &o, false);
+                match sys::linkat(npup.as_fd(), newname, work.as_fd(), &o) {
+                    Ok(()) => Some(o),
+                    Err(e) => {
+                        log::debug!("keeping the replaced file as an orphan: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let mut need_wh_at_old = src_lower_present;
         match dst_wh {
             UpperWhiteout::CharDev if src_is_dir => {
@@ -625,6 +716,9 @@ impl Overlay {
             if *d_is_dir {
                 dn.s.lock().deleted = true;
             } else {
+                if let Some(o) = dst_orphan {
+                    self.set_orphan(dn, o);
+                }
                 self.adjust_union_nlink(dn, -1)?;
                 self.drop_name(dn, &np, newname);
             }

@@ -155,7 +155,15 @@ impl Overlay {
         if !wants_write(flags) {
             f &= !libc::O_TRUNC;
         }
-        sys::openat(dir.as_fd(), &name, f, 0)
+        sys::openat(dir.as_fd(), &name, f, 0).map_err(|e| {
+            // A file unlinked while the kernel still held it: its name now holds a whiteout
+            // (a device, hence ENXIO) or another object. The object is gone: ENOENT.
+            if e.is(libc::ENXIO) && node.kind() == libc::S_IFREG {
+                Error::from_errno(libc::ENOENT)
+            } else {
+                e
+            }
+        })
     }
 
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {

@@ -3,6 +3,7 @@
 //! mapping.
 
 use crate::attr::SetAttr;
+use crate::counters::Op;
 use crate::dir::{Caller, NewKind};
 use crate::error::Error;
 use crate::file::IoPlan;
@@ -153,14 +154,17 @@ impl Filesystem for Fs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.ov.counters.requests.count(Op::Lookup);
         self.entry(reply, self.ov.lookup(parent.0, name.as_bytes()))
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov.counters.requests.count(Op::Forget);
         self.ov.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.ov.counters.requests.count(Op::Getattr);
         let r = match fh {
             Some(fh) => self.ov.getattr_fh(ino.0, fh.0),
             None => self.ov.getattr(ino.0),
@@ -189,6 +193,7 @@ impl Filesystem for Fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.ov.counters.requests.count(Op::Setattr);
         let a = SetAttr {
             mode,
             uid,
@@ -208,6 +213,7 @@ impl Filesystem for Fs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.ov.counters.requests.count(Op::Readlink);
         match self.ov.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
@@ -224,6 +230,7 @@ impl Filesystem for Fs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.ov.counters.requests.count(Op::Mknod);
         let kind = if mode & libc::S_IFMT == libc::S_IFREG {
             NewKind::File { mode }
         } else {
@@ -248,6 +255,7 @@ impl Filesystem for Fs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.ov.counters.requests.count(Op::Mkdir);
         self.entry(
             reply,
             self.ov.create_object(
@@ -260,10 +268,12 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.ov.counters.requests.count(Op::Unlink);
         self.empty(reply, "unlink", self.ov.unlink(parent.0, name.as_bytes()))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.ov.counters.requests.count(Op::Rmdir);
         self.empty(reply, "rmdir", self.ov.rmdir(parent.0, name.as_bytes()))
     }
 
@@ -275,6 +285,7 @@ impl Filesystem for Fs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.ov.counters.requests.count(Op::Symlink);
         let kind = NewKind::Symlink {
             target: target.as_os_str().as_bytes().to_vec(),
         };
@@ -295,6 +306,7 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.ov.counters.requests.count(Op::Rename);
         self.empty(
             reply,
             "rename",
@@ -316,10 +328,12 @@ impl Filesystem for Fs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.ov.counters.requests.count(Op::Link);
         self.entry(reply, self.ov.link(ino.0, newparent.0, newname.as_bytes()))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.ov.counters.requests.count(Op::Open);
         let fh = match self.ov.open(ino.0, flags.0) {
             Ok(fh) => fh,
             Err(e) => {
@@ -350,6 +364,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.ov.counters.requests.count(Op::Read);
         match self.ov.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
@@ -368,6 +383,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.ov.counters.requests.count(Op::Write);
         match self.ov.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
@@ -382,6 +398,7 @@ impl Filesystem for Fs {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.ov.counters.requests.count(Op::Flush);
         reply.ok();
     }
 
@@ -395,6 +412,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.ov.counters.requests.count(Op::Release);
         self.ov.release(fh.0);
         reply.ok();
     }
@@ -407,10 +425,12 @@ impl Filesystem for Fs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.ov.counters.requests.count(Op::Fsync);
         self.empty(reply, "fsync", self.ov.fsync(fh.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.ov.counters.requests.count(Op::Opendir);
         match self.ov.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -425,6 +445,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.ov.counters.requests.count(Op::Readdir);
         let r = self.ov.readdir(fh.0, offset, |next, e| {
             reply.add(
                 INodeNo(e.ino),
@@ -447,6 +468,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.ov.counters.requests.count(Op::Readdirplus);
         let ttl = self.ttl;
         let r = self.ov.readdirplus(fh.0, offset, |next, e, found| {
             let name = OsStr::from_bytes(&e.name);
@@ -506,6 +528,7 @@ impl Filesystem for Fs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.ov.counters.requests.count(Op::Releasedir);
         self.ov.release(fh.0);
         reply.ok();
     }
@@ -518,10 +541,12 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.ov.counters.requests.count(Op::Fsyncdir);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.ov.counters.requests.count(Op::Statfs);
         match self.ov.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -540,6 +565,7 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.ov.counters.requests.count(Op::Setxattr);
         self.empty(
             reply,
             "setxattr",
@@ -548,6 +574,7 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.ov.counters.requests.count(Op::Getxattr);
         match self.ov.getxattr(ino.0, name.as_bytes(), size) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -556,6 +583,7 @@ impl Filesystem for Fs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.ov.counters.requests.count(Op::Listxattr);
         match self.ov.listxattr(ino.0) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
@@ -565,6 +593,7 @@ impl Filesystem for Fs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.ov.counters.requests.count(Op::Removexattr);
         self.empty(
             reply,
             "removexattr",
@@ -582,6 +611,7 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.ov.counters.requests.count(Op::Create);
         match self
             .ov
             .create(parent.0, name.as_bytes(), mode, flags, caller(req))
@@ -613,6 +643,7 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.ov.counters.requests.count(Op::Fallocate);
         self.empty(
             reply,
             "fallocate",
@@ -629,6 +660,7 @@ impl Filesystem for Fs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.ov.counters.requests.count(Op::Lseek);
         match self.ov.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(&e)),

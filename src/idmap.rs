@@ -1,7 +1,14 @@
-//! Owner translation between what is stored in the layers (host ids, as the daemon sees
-//! them) and what the union shows (container ids): `uidmapping=`/`gidmapping=` triples,
-//! `squash_to_root`/`squash_to_uid`/`squash_to_gid`, and `xattr_permissions` where owner and
-//! mode live in an override xattr (`uid:gid:octalmode[:type]`).
+//! Owner translation between the ids stored in the layers and the ids the union shows:
+//! `uidmapping=`/`gidmapping=` triples, `squash_to_root`/`squash_to_uid`/`squash_to_gid`, and
+//! `xattr_permissions` where owner and mode live in an override xattr
+//! (`uid:gid:octalmode[:type]`, holding stored ids).
+//!
+//! A triple `C:H:S` is containers/storage's `ContainerID:HostID:Size`: the layers hold the
+//! image's own (container) ids `C..C+S-1`, and the mount shows them as the ids `H..H+S-1` of
+//! the namespace the daemon runs in, which the container's user namespace maps back to `C`.
+//! So stored `C+k` is shown as `H+k`, and chown/create to shown `H+k` stores `C+k` — the same
+//! direction as fuse-overlayfs (measured with 1.10: `uidmapping=0:1000:100` shows a stored
+//! uid 0 as 1000).
 
 use crate::options::{map_id, IdMap, Options};
 
@@ -79,6 +86,22 @@ pub fn format_override(o: &OverrideStat) -> Vec<u8> {
     format!("{}:{}:{:o}{}", o.uid, o.gid, o.mode & 0o7777, kind).into_bytes()
 }
 
+fn shown(maps: &[IdMap], squash: Option<u32>, stored: u32) -> u32 {
+    match squash {
+        Some(s) => s,
+        None if maps.is_empty() => stored,
+        None => map_id(maps, stored, true).unwrap_or(OVERFLOW_ID),
+    }
+}
+
+fn stored(maps: &[IdMap], shown: u32) -> Option<u32> {
+    if maps.is_empty() {
+        Some(shown)
+    } else {
+        map_id(maps, shown, false)
+    }
+}
+
 impl IdMapper {
     pub fn from_options(o: &Options) -> IdMapper {
         IdMapper {
@@ -105,40 +128,23 @@ impl IdMapper {
             && self.squash_gid.is_none()
     }
 
-    /// Stored (host) uid → shown (container) uid.
-    pub fn uid_to_container(&self, uid: u32) -> u32 {
-        if let Some(s) = self.squash_uid {
-            return s;
-        }
-        if self.uids.is_empty() {
-            return uid;
-        }
-        map_id(&self.uids, uid, false).unwrap_or(OVERFLOW_ID)
+    /// Stored uid (a triple's container side) → shown uid (its host side); squashing wins,
+    /// unmapped ids show as [`OVERFLOW_ID`].
+    pub fn shown_uid(&self, stored: u32) -> u32 {
+        shown(&self.uids, self.squash_uid, stored)
     }
 
-    pub fn gid_to_container(&self, gid: u32) -> u32 {
-        if let Some(s) = self.squash_gid {
-            return s;
-        }
-        if self.gids.is_empty() {
-            return gid;
-        }
-        map_id(&self.gids, gid, false).unwrap_or(OVERFLOW_ID)
+    pub fn shown_gid(&self, stored: u32) -> u32 {
+        shown(&self.gids, self.squash_gid, stored)
     }
 
-    /// Shown (container) uid → stored (host) uid; None when unmapped (EINVAL for chown).
-    pub fn uid_to_host(&self, uid: u32) -> Option<u32> {
-        if self.uids.is_empty() {
-            return Some(uid);
-        }
-        map_id(&self.uids, uid, true)
+    /// Shown uid → stored uid; None when no triple covers it (EINVAL for chown).
+    pub fn stored_uid(&self, shown: u32) -> Option<u32> {
+        stored(&self.uids, shown)
     }
 
-    pub fn gid_to_host(&self, gid: u32) -> Option<u32> {
-        if self.gids.is_empty() {
-            return Some(gid);
-        }
-        map_id(&self.gids, gid, true)
+    pub fn stored_gid(&self, shown: u32) -> Option<u32> {
+        stored(&self.gids, shown)
     }
 
     /// The override xattr name in use, if any.
@@ -154,6 +160,25 @@ impl IdMapper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_triple_direction() {
+        // uidmapping=0:1000:100: stored 0..99 show as 1000..1099 (fuse-overlayfs 1.10 agrees).
+        let o = Options {
+            uid_mappings: vec![m(0, 1000, 100)],
+            gid_mappings: vec![m(0, 2000, 10)],
+            ..Default::default()
+        };
+        let im = IdMapper::from_options(&o);
+        assert_eq!(im.shown_uid(0), 1000);
+        assert_eq!(im.shown_uid(5), 1005);
+        assert_eq!(im.shown_uid(1005), OVERFLOW_ID);
+        assert_eq!(im.stored_uid(1007), Some(7));
+        assert_eq!(im.stored_uid(7), None);
+        assert_eq!(im.shown_gid(9), 2009);
+        assert_eq!(im.shown_gid(10), OVERFLOW_ID);
+        assert_eq!(im.stored_gid(2000), Some(0));
+    }
 
     fn m(c: u32, h: u32, s: u32) -> IdMap {
         IdMap {
@@ -171,16 +196,35 @@ mod tests {
             ..Default::default()
         };
         let im = IdMapper::from_options(&o);
-        assert_eq!(im.uid_to_container(0), 1001);
-        assert_eq!(im.uid_to_container(1), 0);
-        assert_eq!(im.uid_to_container(1001), 1000);
-        assert_eq!(im.uid_to_container(5000), 5000);
-        assert_eq!(im.uid_to_host(1001), Some(0));
-        assert_eq!(im.uid_to_host(0), Some(1));
-        assert_eq!(im.uid_to_host(70000), None);
-        assert_eq!(im.uid_to_container(70000), OVERFLOW_ID);
+        // Values measured through fuse-overlayfs 1.10 with the same option on the same files.
+        assert_eq!(
+            im.shown_uid(0),
+            1,
+            "image root shows as the first subordinate id"
+        );
+        assert_eq!(im.shown_uid(1000), 1001);
+        assert_eq!(
+            im.shown_uid(1001),
+            0,
+            "the user's container uid shows as the user"
+        );
+        assert_eq!(im.shown_uid(1002), 1002);
+        assert_eq!(im.shown_uid(5000), 5000);
+        assert_eq!(im.shown_uid(70000), OVERFLOW_ID);
+        assert_eq!(im.stored_uid(1), Some(0));
+        assert_eq!(im.stored_uid(0), Some(1001));
+        assert_eq!(im.stored_uid(1001), Some(1000));
+        assert_eq!(im.stored_uid(70000), None);
+        for id in [0, 1, 999, 1000, 1001, 1002, 65536] {
+            assert_eq!(
+                im.stored_uid(im.shown_uid(id)),
+                Some(id),
+                "round trip of {id}"
+            );
+        }
         // gids unmapped: identity
-        assert_eq!(im.gid_to_container(42), 42);
+        assert_eq!(im.shown_gid(42), 42);
+        assert_eq!(im.stored_gid(42), Some(42));
     }
 
     #[test]
@@ -190,16 +234,16 @@ mod tests {
             ..Default::default()
         };
         let im = IdMapper::from_options(&o);
-        assert_eq!(im.uid_to_container(1234), 0);
-        assert_eq!(im.gid_to_container(1234), 0);
+        assert_eq!(im.shown_uid(1234), 0);
+        assert_eq!(im.shown_gid(1234), 0);
         let o = Options {
             squash_to_uid: Some(7),
             squash_to_gid: Some(8),
             ..Default::default()
         };
         let im = IdMapper::from_options(&o);
-        assert_eq!(im.uid_to_container(1234), 7);
-        assert_eq!(im.gid_to_container(1234), 8);
+        assert_eq!(im.shown_uid(1234), 7);
+        assert_eq!(im.shown_gid(1234), 8);
     }
 
     #[test]

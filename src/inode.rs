@@ -60,6 +60,10 @@ pub struct NodeState {
     pub lower_present: bool,
     /// The object has been removed from the union (kept while the kernel holds it).
     pub deleted: bool,
+    /// Non-directories: the upper object lost its last name while the kernel still held
+    /// the inode; it lives on in the workdir under this name (so the real inode, and with
+    /// it the inode number, is not freed and reused) until the kernel forgets the inode.
+    pub orphan: Option<Vec<u8>>,
 }
 
 /// The names of a non-directory: one primary name (where its upper copy lives once it is
@@ -185,10 +189,11 @@ impl InodeTable {
             }
         }
     }
-    /// Drop `n` kernel references; removes the node at zero (the root is never removed).
-    pub fn forget(&self, id: u64, n: u64) {
+    /// Drop `n` kernel references; removes the node at zero (the root is never removed)
+    /// and returns it then.
+    pub fn forget(&self, id: u64, n: u64) -> Option<Arc<Node>> {
         if id == ROOT_ID {
-            return;
+            return None;
         }
         if let dashmap::mapref::entry::Entry::Occupied(o) = self.map.entry(id) {
             let node = o.get();
@@ -196,9 +201,10 @@ impl InodeTable {
             let new = prev.saturating_sub(n);
             node.lookups.store(new, Ordering::Release);
             if new == 0 {
-                o.remove();
+                return Some(o.remove());
             }
         }
+        None
     }
     pub fn len(&self) -> usize {
         self.map.len()

@@ -15,12 +15,14 @@
 //! - [`attr`]: setattr and xattrs
 //! - [`file`]: open files and directories, I/O
 //! - [`fuse`]: the thin `fuser::Filesystem` adapter
-//! - [`daemon`]: mounting, daemonizing, signals
+//! - [`daemon`]: mounting, daemonizing, signals, the log
+//! - [`counters`]: requests-by-type counters
 //! - [`tools`]: offline `explain` and `diff` on the daemon's own lookup
 #![deny(unsafe_code)]
 
 pub mod attr;
 pub mod copy_up;
+pub mod counters;
 pub mod daemon;
 pub mod dir;
 pub mod error;

@@ -29,10 +29,17 @@ fn main() {
     let level = if opts.debug { "debug" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_millis()
+        .target(env_logger::Target::Pipe(Box::new(layerfs::daemon::LogSink)))
         .init();
     if let Err(msg) = options::validate(&opts) {
         eprintln!("layerfs: {msg}");
         std::process::exit(1);
+    }
+    if let Some(f) = &opts.log_file {
+        if let Err(e) = layerfs::daemon::set_log_file(f) {
+            eprintln!("layerfs: log: {}: {e}", f.display());
+            std::process::exit(1);
+        }
     }
     for w in &opts.warnings {
         eprintln!("layerfs: warning: {w}");

@@ -14,7 +14,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// One `container:host:size` id mapping triple.
+/// One `container:host:size` id mapping triple (containers/storage's
+/// `ContainerID:HostID:Size`): `container` ids are the ones stored in the layers, `host` ids
+/// the ones the mount shows (see `idmap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMap {
     pub container: u32,
@@ -69,6 +71,8 @@ pub struct Options {
     /// `ro`: mount read-only even with an upper.
     pub ro: bool,
     pub context: Option<String>,
+    /// `log=FILE`: append the daemon's log (warnings, SIGUSR1 counters, `-d` requests) here.
+    pub log_file: Option<PathBuf>,
     /// Warnings to print once logging is set up (unknown/empty options...).
     pub warnings: Vec<String>,
 }
@@ -109,6 +113,7 @@ impl Default for Options {
             noexec: false,
             noatime: false,
             ro: false,
+            log_file: None,
             context: None,
             warnings: Vec::new(),
         }
@@ -149,6 +154,7 @@ pub fn help_text() -> &'static str {
     concat!(
         "usage: layerfs [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTION...] MOUNTPOINT\n",
         "       layerfs --version | --help\n",
+        "       layerfs explain|diff|export|import|check ...   (layerfs COMMAND --help)\n",
         "\n",
         "Command-line options:\n",
         "    -o OPTS, -oOPTS          comma-separated mount options (several -o groups merge, later wins)\n",
@@ -162,7 +168,9 @@ pub fn help_text() -> &'static str {
         "    lowerdir=L1:L2:...       read-only layers, L1 on top; '\\:' is a literal colon, '\\\\' a backslash\n",
         "    upperdir=DIR             writable layer (requires workdir)\n",
         "    workdir=DIR              scratch dir on the same filesystem as upperdir\n",
-        "    uidmapping=C:H:N[:...]   uid map, container:host:size triples (a leading ':' is allowed)\n",
+        "    log=FILE                 append the daemon's log here (default: stderr in the foreground, syslog in the background)\n",
+        "    uidmapping=C:H:N[:...]   uid map, container:host:size triples (a leading ':' is allowed);\n",
+        "                             stored id C shows as H\n",
         "    gidmapping=C:H:N[:...]   gid map, container:host:size triples (a leading ':' is allowed)\n",
         "    squash_to_root           show every file as owned by root\n",
         "    squash_to_uid=N          show every file as owned by uid N\n",
@@ -194,7 +202,8 @@ pub fn help_text() -> &'static str {
     )
 }
 
-/// Maps `id` through `maps`: container -> host when `to_host`, host -> container otherwise.
+/// Maps `id` through `maps`: container -> host (stored -> shown) when `to_host`, host ->
+/// container (shown -> stored) otherwise.
 /// `None` when no mapping covers `id`.
 pub fn map_id(maps: &[IdMap], id: u32, to_host: bool) -> Option<u32> {
     maps.iter().find_map(|m| {
@@ -516,6 +525,7 @@ fn apply_option(opts: &mut Options, opt: &[u8]) -> Result<(), String> {
         }
         "upperdir" => opts.upperdir = Some(parse_path(name, value)?),
         "workdir" => opts.workdir = Some(parse_path(name, value)?),
+        "log" => opts.log_file = Some(parse_path(name, value)?),
         "uidmapping" => opts.uid_mappings = parse_mappings(name, value)?,
         "gidmapping" => opts.gid_mappings = parse_mappings(name, value)?,
         "squash_to_root" => opts.squash_to_root = parse_bool(name, value)?,

@@ -40,6 +40,8 @@ pub struct Counters {
     pub copy_ups: AtomicU64,
     pub copy_up_bytes: AtomicU64,
     pub whiteouts: AtomicU64,
+    /// FUSE requests by type.
+    pub requests: crate::counters::Requests,
 }
 
 pub struct Overlay {
@@ -233,6 +235,7 @@ impl Overlay {
                 indexed: false,
                 lower_present: false,
                 deleted: false,
+                orphan: None,
             },
             0,
         );
@@ -345,7 +348,7 @@ impl Overlay {
 
     /// Is the real entry (dir, name) with stat `st` a whiteout? `xwh` tells whether the
     /// directory may hold xattr whiteouts (opaque=x).
-    fn is_whiteout(&self, dir: &OwnedFd, name: &[u8], st: &Stat, xwh: bool) -> bool {
+    pub(crate) fn is_whiteout(&self, dir: &OwnedFd, name: &[u8], st: &Stat, xwh: bool) -> bool {
         if whiteout::is_whiteout_stat(st) {
             return true;
         }
@@ -763,6 +766,7 @@ impl Overlay {
             indexed: f.indexed,
             lower_present: f.lower_present,
             deleted: false,
+            orphan: None,
         };
         let mut slot = Some(f);
         let (node, created) = self.inodes.get_or_insert_ref(id, || {
@@ -823,12 +827,31 @@ impl Overlay {
     }
 
     pub fn forget(&self, id: u64, n: u64) {
-        self.inodes.forget(id, n);
+        if let Some(node) = self.inodes.forget(id, n) {
+            self.drop_orphan(&node);
+        }
+    }
+
+    /// Remove the workdir copy of a deleted object once the kernel no longer holds it.
+    pub(crate) fn drop_orphan(&self, node: &Node) {
+        let Some(o) = node.s.lock().orphan.take() else {
+            return;
+        };
+        if let Ok(work) = self.work() {
+            if let Err(e) = sys::unlinkat(work.as_fd(), &o, false) {
+                log::warn!("removing orphan {}: {e}", bstr(&o));
+            }
+        }
     }
 
     /// Upper location of a non-directory: (parent's upper dir, name).
     pub fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
         let s = node.s.lock();
+        if let (true, Some(o)) = (s.deleted, &s.orphan) {
+            let o = o.clone();
+            drop(s);
+            return Ok((self.work()?.clone(), o));
+        }
         if s.kind == libc::S_IFDIR {
             return s
                 .upper_dir
@@ -905,20 +928,27 @@ impl Overlay {
     }
 
     /// Turn a stored stat into what the union shows: override_stat owner/mode where
-    /// xattr_permissions is on, and host ids mapped to container ids.
+    /// xattr_permissions is on, then stored ids mapped to shown ids (and squashed).
     pub fn present(&self, st: &mut Stat, dir: &OwnedFd, name: &[u8]) {
-        if let Some(x) = self.ids.override_xattr() {
-            if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
-                if let Some(o) = crate::idmap::parse_override(&v) {
-                    st.uid = o.uid;
-                    st.gid = o.gid;
-                    st.mode = (st.mode & libc::S_IFMT) | o.mode;
-                    return;
-                }
+        self.apply_override(st, dir, name);
+        st.uid = self.ids.shown_uid(st.uid);
+        st.gid = self.ids.shown_gid(st.gid);
+    }
+
+    /// Where xattr_permissions is on and the object has a valid override xattr, take owner
+    /// and mode from it. The ids stay stored ids (the override holds stored ids, as
+    /// containers/storage writes them into layers and fuse-overlayfs maps them).
+    pub(crate) fn apply_override(&self, st: &mut Stat, dir: &OwnedFd, name: &[u8]) {
+        let Some(x) = self.ids.override_xattr() else {
+            return;
+        };
+        if let Ok(Some(v)) = sys::getxattr(dir.as_fd(), name, x) {
+            if let Some(o) = crate::idmap::parse_override(&v) {
+                st.uid = o.uid;
+                st.gid = o.gid;
+                st.mode = (st.mode & libc::S_IFMT) | o.mode;
             }
         }
-        st.uid = self.ids.uid_to_container(st.uid);
-        st.gid = self.ids.gid_to_container(st.gid);
     }
 
     /// The union link count recorded for a hard-linked lower object, if any change or

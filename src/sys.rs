@@ -944,3 +944,27 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
 pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
 }
+
+/// Open the system log for the daemon (`ident` is kept for the process's life).
+pub fn openlog(ident: &'static std::ffi::CStr) {
+    unsafe {
+        libc::openlog(
+            ident.as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_DAEMON,
+        )
+    }
+}
+
+/// Send one message to the system log at warning level.
+pub fn syslog(msg: &[u8]) {
+    let m: Vec<u8> = msg.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
+    if let Ok(c) = CString::new(m) {
+        unsafe { libc::syslog(libc::LOG_WARNING, c"%s".as_ptr(), c.as_ptr()) }
+    }
+}
+
+/// Whether a syslog daemon listens on /dev/log.
+pub fn syslog_available() -> bool {
+    std::fs::symlink_metadata("/dev/log").is_ok()
+}

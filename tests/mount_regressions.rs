@@ -155,10 +155,11 @@ fn regression_unlink_and_trunc_copy_no_data() {
         .unwrap();
     let up = fs::metadata(s.upper().join("trunc")).unwrap();
     assert_eq!(up.len(), 0);
-    // (one block may hold the copy's xattrs: layerfs's origin and the kernel's)
+    // No data blocks: at most one block, which ext4 spends on the origin xattrs when they
+    // do not fit in the inode (the lower file had 64 MiB).
     assert!(
-        up.blocks() <= 8,
-        "O_TRUNC copied data blocks: {}",
+        up.blocks() * 512 <= 4096,
+        "O_TRUNC copied data blocks: {} blocks",
         up.blocks()
     );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{sh, Scratch};
+use common::{sh, sh_ok, Scratch};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
@@ -32,6 +32,10 @@ fn rootless_union_in_user_namespace() {
     fs::write(l0.join("f"), "lower\n").unwrap();
     fs::create_dir_all(l0.join("ren/inner")).unwrap();
     fs::write(l0.join("ren/inner/y"), "y").unwrap();
+    sh_ok(&format!(
+        "mkfifo '{0}/fifo' && ln -s f '{0}/sym'",
+        l0.display()
+    ));
     let script = format!(
         r#"set -e
 L={bin}
@@ -43,6 +47,11 @@ test -z "$(ls -A d)"
 mv ren ren2
 test "$(cat ren2/inner/y)" = y
 test ! -e ren
+# copy-up of special files and symlinks: user.* xattrs (the origin) are refused on them
+chmod 600 fifo
+chown -h 0:0 sym
+test "$(stat -c %a:%F fifo)" = "600:fifo"
+test "$(readlink sym)" = f
 cd /
 umount {m}
 $L -o lowerdir={l0},upperdir={u},workdir={w} {m}
@@ -50,6 +59,8 @@ test -z "$(ls -A {m}/d)"
 test "$(cat {m}/f)" = "lower
 more"
 test "$(cat {m}/ren2/inner/y)" = y
+test "$(stat -c %a:%F {m}/fifo)" = "600:fifo"
+test "$(readlink {m}/sym)" = f
 umount {m}
 "#,
         bin = common::LAYERFS,

@@ -1,7 +1,16 @@
 //! Offline tools that read the layer directories with the daemon's own lookup code, so
 //! their answers cannot drift from what a mount shows:
 //! - `layerfs explain`: which layer provides each component of a path and what it hides;
-//! - `layerfs diff`: the upper's changes against the lowers, as `A`/`C`/`D` lines.
+//! - `layerfs diff`: the upper's changes against the lowers, as `A`/`C`/`D` lines;
+//! - `layerfs export` / `import`: the upper as an OCI image layer tar and back ([`export`],
+//!   [`import`]);
+//! - `layerfs check`: consistency of an upper/work pair ([`check`]);
+//! - `explain` on a path inside a live mount ([`live`]).
+
+mod check;
+mod export;
+mod import;
+mod live;
 
 use crate::error::Result;
 use crate::inode::Node;
@@ -27,16 +36,21 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Explain, component by component, which layer provides PATH and what it hides.
+    /// Without --lowerdir, PATH is a path inside a live layerfs mount, and the layers are
+    /// those of the daemon serving it.
     Explain {
         /// Lower layers, top first, colon-separated (`\:` for a literal colon).
         #[arg(long)]
-        lowerdir: String,
+        lowerdir: Option<String>,
         #[arg(long)]
         upperdir: Option<PathBuf>,
+        /// The workdir (read only): its hard-link index is consulted.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// A path inside the union (absolute or relative to its root).
+        /// A path inside the union (absolute or relative to its root), or inside a mount.
         path: PathBuf,
     },
     /// List what the upper changed against the lowers (docker diff form: A/C/D PATH).
@@ -45,12 +59,54 @@ enum Cmd {
         lowerdir: String,
         #[arg(long)]
         upperdir: PathBuf,
+        /// The workdir (read only): lower hard links whose copy is in its index and shows
+        /// the change are listed as changed.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the upper's changes as an OCI image layer tar.
+    Export {
+        #[arg(long)]
+        lowerdir: String,
+        #[arg(long)]
+        upperdir: PathBuf,
+        /// The workdir (read only): lower hard links whose copy is in its index are
+        /// exported as links to it.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// Output file (`.tar`, `.tar.gz`/`.tgz`, `.tar.zst`), or `-` for stdout.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Compression (default: from the output name; none for stdout).
+        #[arg(long, value_enum)]
+        compress: Option<export::Compression>,
+    },
+    /// Unpack an OCI image layer tar (plain, gzip or zstd) into DIR as a lower layer.
+    Import {
+        /// The tar, or `-` for stdin.
+        #[arg(short = 'i', long = "input")]
+        input: PathBuf,
+        dir: PathBuf,
+    },
+    /// Check an upper/work pair for inconsistencies; --repair fixes what is safe.
+    Check {
+        #[arg(long)]
+        upperdir: PathBuf,
+        #[arg(long)]
+        workdir: PathBuf,
+        /// Lower layers: needed for the checks against them (whiteouts, redirects).
+        #[arg(long)]
+        lowerdir: Option<String>,
+        #[arg(long)]
+        repair: bool,
         #[arg(long)]
         json: bool,
     },
 }
 
-pub const SUBCOMMANDS: [&str; 2] = ["explain", "diff"];
+pub const SUBCOMMANDS: [&str; 5] = ["explain", "diff", "export", "import", "check"];
 
 /// Run a tool subcommand (`args` includes the subcommand name); returns the exit code.
 pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
@@ -65,16 +121,52 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
     };
     let r = match cli.cmd {
         Cmd::Explain {
-            lowerdir,
+            lowerdir: Some(lowerdir),
             upperdir,
+            workdir,
             json,
             path,
-        } => explain(&lowerdir, upperdir, &path, json),
+        } => match open_stack(&lowerdir, upperdir, workdir.as_deref()) {
+            Ok(ov) => explain(&ov, &path, json),
+            Err(e) => {
+                eprintln!("layerfs explain: {e}");
+                return 2;
+            }
+        },
+        Cmd::Explain {
+            lowerdir: None,
+            upperdir,
+            workdir,
+            json,
+            path,
+        } => {
+            if upperdir.is_some() || workdir.is_some() {
+                eprintln!("layerfs explain: --upperdir/--workdir need --lowerdir");
+                return 2;
+            }
+            live::explain_mounted(&path, json)
+        }
         Cmd::Diff {
             lowerdir,
             upperdir,
+            workdir,
             json,
-        } => diff(&lowerdir, upperdir, json),
+        } => diff(&lowerdir, upperdir, workdir, json),
+        Cmd::Export {
+            lowerdir,
+            upperdir,
+            workdir,
+            output,
+            compress,
+        } => run_export(&lowerdir, upperdir, workdir, &output, compress),
+        Cmd::Import { input, dir } => run_import(&input, &dir),
+        Cmd::Check {
+            upperdir,
+            workdir,
+            lowerdir,
+            repair,
+            json,
+        } => check::run(&upperdir, &workdir, lowerdir.as_deref(), repair, json),
     };
     match r {
         Ok(code) => code,
@@ -85,14 +177,68 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
     }
 }
 
-fn open_stack(lowerdir: &str, upperdir: Option<PathBuf>) -> std::result::Result<Overlay, String> {
-    let o = format!("lowerdir={lowerdir}");
-    let mut opts = match crate::options::parse_args(vec!["-o".into(), o.into(), "/".into()]) {
-        Ok(crate::options::Command::Mount(opts)) => opts,
-        Ok(_) => return Err("bad --lowerdir".into()),
-        Err(e) => return Err(e),
+fn run_export(
+    lowerdir: &str,
+    upperdir: PathBuf,
+    workdir: Option<PathBuf>,
+    output: &std::path::Path,
+    compress: Option<export::Compression>,
+) -> Result<i32> {
+    let (lower_ov, full_ov) = match (
+        open_stack(lowerdir, None, None),
+        open_stack(lowerdir, Some(upperdir), workdir.as_deref()),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("layerfs export: {e}");
+            return Ok(2);
+        }
     };
-    opts.upperdir = upperdir.map(|u| std::path::absolute(&u).unwrap_or(u));
+    let c = compress.unwrap_or_else(|| export::Compression::from_name(output));
+    let items = export::plan(&full_ov, &lower_ov)?;
+    let s = export::write_output(&items, output, c)?;
+    eprintln!(
+        "layerfs export: {} entries ({} directories, {} files with {} bytes, {} hard links, {} other, {} whiteouts, {} opaque directories){}",
+        s.entries,
+        s.dirs,
+        s.files,
+        s.bytes,
+        s.hard_links,
+        s.other,
+        s.whiteouts,
+        s.opaque_dirs,
+        if s.skipped > 0 {
+            format!(", {} sockets skipped", s.skipped)
+        } else {
+            String::new()
+        }
+    );
+    Ok(0)
+}
+
+fn run_import(input: &std::path::Path, dir: &std::path::Path) -> Result<i32> {
+    let s = import::import(input, dir)?;
+    eprintln!(
+        "layerfs import: {} entries, {} hard links; whiteouts: {} as char 0/0, {} as .wh. files; opaque directories: {} as xattr, {} as .wh..wh..opq",
+        s.entries,
+        s.hard_links,
+        s.whiteouts_chardev,
+        s.whiteouts_file,
+        s.opaque_xattr,
+        s.opaque_file
+    );
+    for w in &s.skipped {
+        eprintln!("layerfs import: warning: {w}");
+    }
+    Ok(0)
+}
+
+/// Open a layer stack read-only, as the daemon would; with `workdir`, its hard-link index
+/// is consulted (nothing in the workdir is written or cleaned).
+pub(crate) fn open_stack_opts(
+    mut opts: crate::options::Options,
+    workdir: Option<&std::path::Path>,
+) -> std::result::Result<Overlay, String> {
     opts.workdir = None;
     opts.ro = true;
     for l in opts.lowerdirs.iter().chain(opts.upperdir.iter()) {
@@ -100,10 +246,33 @@ fn open_stack(lowerdir: &str, upperdir: Option<PathBuf>) -> std::result::Result<
             return Err(format!("{}: not a directory", l.display()));
         }
     }
-    Overlay::new(&opts).map_err(|e| e.to_string())
+    let mut ov = Overlay::new(&opts).map_err(|e| e.to_string())?;
+    if let Some(w) = workdir {
+        let idx = w.join("layerfs-index");
+        if idx.is_dir() {
+            let fd = sys::open_dir_path(&idx).map_err(|e| format!("{}: {e}", idx.display()))?;
+            ov.index = Some(Arc::new(fd));
+        }
+    }
+    Ok(ov)
 }
 
-fn json_str(s: &str) -> String {
+pub(crate) fn open_stack(
+    lowerdir: &str,
+    upperdir: Option<PathBuf>,
+    workdir: Option<&std::path::Path>,
+) -> std::result::Result<Overlay, String> {
+    let o = format!("lowerdir={lowerdir}");
+    let mut opts = match crate::options::parse_args(vec!["-o".into(), o.into(), "/".into()]) {
+        Ok(crate::options::Command::Mount(opts)) => opts,
+        Ok(_) => return Err("bad --lowerdir".into()),
+        Err(e) => return Err(e),
+    };
+    opts.upperdir = upperdir.map(|u| std::path::absolute(&u).unwrap_or(u));
+    open_stack_opts(opts, workdir)
+}
+
+pub(crate) fn json_str(s: &str) -> String {
     let mut o = String::from("\"");
     for c in s.chars() {
         match c {
@@ -119,19 +288,7 @@ fn json_str(s: &str) -> String {
     o
 }
 
-fn explain(
-    lowerdir: &str,
-    upperdir: Option<PathBuf>,
-    path: &std::path::Path,
-    json: bool,
-) -> Result<i32> {
-    let ov = match open_stack(lowerdir, upperdir) {
-        Ok(ov) => ov,
-        Err(e) => {
-            eprintln!("layerfs explain: {e}");
-            return Ok(2);
-        }
-    };
+pub(crate) fn explain(ov: &Overlay, path: &std::path::Path, json: bool) -> Result<i32> {
     use std::os::unix::ffi::OsStrExt;
     let comps: Vec<&[u8]> = path
         .as_os_str()
@@ -227,8 +384,54 @@ fn explain(
     Ok(if visible { 0 } else { 1 })
 }
 
+/// Called with (union path, directory, name) of an object.
+pub(crate) type AliasFn<'a> =
+    dyn FnMut(&[Vec<u8>], Arc<std::os::fd::OwnedFd>, Vec<u8>) -> Result<()> + 'a;
+
+/// Every union path of a lower hard-linked file whose copy lives in the index but which
+/// was not itself modified (the union shows the index copy under it too): `f(path, dir,
+/// name)` with the copy's location. Nothing to do without an index or copies in it.
+pub(crate) fn index_aliases(full: &Overlay, f: &mut AliasFn<'_>) -> Result<()> {
+    let Some(idx) = &full.index else {
+        return Ok(());
+    };
+    let has_copies = sys::read_dir(idx.as_fd())?
+        .iter()
+        .any(|e| e.name.len() == 16 && e.name.iter().all(u8::is_ascii_hexdigit));
+    if has_copies {
+        visit_index_aliases(full, &full.root(), &mut Vec::new(), f)?;
+    }
+    Ok(())
+}
+
+fn visit_index_aliases(
+    full: &Overlay,
+    node: &Arc<Node>,
+    comps: &mut Vec<Vec<u8>>,
+    f: &mut AliasFn<'_>,
+) -> Result<()> {
+    let mut entries = full.merged_entries(node, false)?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in entries {
+        let Lookup::Found(found) = full.resolve(node, &e.name)? else {
+            continue;
+        };
+        let indexed = found.indexed && !found.in_upper;
+        let child = full.instantiate(node, &e.name, *found);
+        comps.push(e.name.clone());
+        if indexed {
+            let (dir, name) = full.real_loc(&child)?;
+            f(comps, dir, name)?;
+        } else if child.is_dir() {
+            visit_index_aliases(full, &child, comps, f)?;
+        }
+        comps.pop();
+    }
+    Ok(())
+}
+
 /// Is `path` (components) visible in the lower layers alone?
-fn in_lowers(lower_ov: &Overlay, comps: &[Vec<u8>]) -> Option<u32> {
+pub(crate) fn in_lowers(lower_ov: &Overlay, comps: &[Vec<u8>]) -> Option<u32> {
     let mut node = lower_ov.root();
     let mut kind = libc::S_IFDIR;
     for c in comps {
@@ -243,10 +446,10 @@ fn in_lowers(lower_ov: &Overlay, comps: &[Vec<u8>]) -> Option<u32> {
     Some(kind)
 }
 
-fn diff(lowerdir: &str, upperdir: PathBuf, json: bool) -> Result<i32> {
+fn diff(lowerdir: &str, upperdir: PathBuf, workdir: Option<PathBuf>, json: bool) -> Result<i32> {
     let (lower_ov, full_ov) = match (
-        open_stack(lowerdir, None),
-        open_stack(lowerdir, Some(upperdir)),
+        open_stack(lowerdir, None, None),
+        open_stack(lowerdir, Some(upperdir), workdir.as_deref()),
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
@@ -262,6 +465,10 @@ fn diff(lowerdir: &str, upperdir: PathBuf, json: bool) -> Result<i32> {
         .map(|u| u.root.clone())
         .expect("upper");
     walk_upper(&full_ov, &lower_ov, &upper, &mut Vec::new(), &mut changes)?;
+    index_aliases(&full_ov, &mut |comps, _, _| {
+        changes.push(('C', show(comps)));
+        Ok(())
+    })?;
     changes.sort_by(|a, b| a.1.cmp(&b.1));
     changes.dedup();
     if json {
@@ -278,7 +485,12 @@ fn diff(lowerdir: &str, upperdir: PathBuf, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn show(comps: &[Vec<u8>]) -> String {
+/// `a/b/c` (bytes, no leading slash) for tar paths.
+pub(crate) fn show_rel(comps: &[Vec<u8>]) -> Vec<u8> {
+    comps.join(&b'/')
+}
+
+pub(crate) fn show(comps: &[Vec<u8>]) -> String {
     let mut s = String::new();
     for c in comps {
         s.push('/');
