@@ -345,7 +345,8 @@ impl Overlay {
         let fd = self.file_fd(&h)?;
         let mut done = 0usize;
         while done < data.len() {
-            let n = sys::pwrite(fd.as_fd(), &data[done..], off + done as u64)?;
+            let at = off + done as u64;
+            let n = self.with_space_retry(|| sys::pwrite(fd.as_fd(), &data[done..], at))?;
             if n == 0 {
                 break;
             }

@@ -66,6 +66,8 @@ pub struct Overlay {
     pub passthrough: AtomicBool,
     /// Serializes updates of the index's link-count records.
     index_lock: parking_lot::Mutex<()>,
+    /// Removed files kept in the workdir while the kernel still holds them (orphans).
+    pub(crate) orphans: AtomicU64,
     /// Tells the kernel to drop its cached attributes of a node (set by the daemon once
     /// the FUSE session exists; unset without a mount).
     pub attr_invalidator: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
@@ -154,6 +156,7 @@ impl Overlay {
             ids: crate::idmap::IdMapper::from_options(opts),
             passthrough: AtomicBool::new(false),
             index_lock: parking_lot::Mutex::new(()),
+            orphans: AtomicU64::new(0),
             attr_invalidator: std::sync::OnceLock::new(),
         };
         ov.probe_capabilities();
@@ -849,6 +852,28 @@ impl Overlay {
             if let Err(e) = sys::unlinkat(work.as_fd(), &o, false) {
                 log::warn!("removing orphan {}: {e}", bstr(&o));
             }
+        }
+        self.orphans.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Run `op`; if it fails with ENOSPC while removed files still hold space as orphans,
+    /// wait (at most a second) for one of them to go and try once more. Removing a file
+    /// that nothing uses any more frees its space as the kernel forgets the inode, and that
+    /// FORGET may still be in another daemon thread's hands when the next request (say, the
+    /// copy-up of `rm big; chmod 600 other`) runs out of space.
+    pub(crate) fn with_space_retry<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+        match op() {
+            Err(e) if e.is(libc::ENOSPC) && self.orphans.load(Ordering::Acquire) > 0 => {
+                let held = self.orphans.load(Ordering::Acquire);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while self.orphans.load(Ordering::Acquire) >= held
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                op()
+            }
+            r => r,
         }
     }
 
