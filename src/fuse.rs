@@ -152,18 +152,6 @@ impl Filesystem for Fs {
         Ok(())
     }
 
-    /// The session is over. When the kernel ended it (umount, `fusermount3 -u`), exit at
-    /// once: fuser would next unmount the mountpoint *path* again (it takes the dead
-    /// connection for a live mount), which takes down a new mount made there meanwhile
-    /// (podman remounts at once). After our own unmount on a signal fuser has nothing
-    /// left to unmount, and on other session errors it still unmounts as before.
-    fn destroy(&mut self) {
-        if sys::fuse_connection_gone() {
-            log::logger().flush();
-            std::process::exit(0);
-        }
-    }
-
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.ov.counters.requests.count(Op::Lookup);
         self.entry(reply, self.ov.lookup(parent.0, name.as_bytes()))

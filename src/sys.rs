@@ -438,33 +438,6 @@ pub fn fs_uuid(fd: Fd) -> Option<[u8; 16]> {
     (r == 0 && u.len == 16).then_some(u.uuid)
 }
 
-/// The kernel has ended this process's FUSE connection (the mount is gone): an open
-/// `/dev/fuse` fd of the process polls POLLERR. False while it is live, or with none open.
-pub fn fuse_connection_gone() -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
-    for e in dir.flatten() {
-        let is_fuse = std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "/dev/fuse");
-        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
-            continue;
-        };
-        if !is_fuse {
-            continue;
-        }
-        let mut p = libc::pollfd {
-            fd,
-            events: 0,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no timeout.
-        if unsafe { libc::poll(&mut p, 1, 0) } == 1 && p.revents & libc::POLLERR != 0 {
-            return true;
-        }
-    }
-    false
-}
-
 /// Read an xattr; `Ok(None)` when it does not exist (or xattrs are unsupported).
 pub fn getxattr(dir: Fd, name: &[u8], attr: &[u8]) -> Result<Option<Vec<u8>>> {
     let (p, follow) = xattr_path(dir, name)?;
