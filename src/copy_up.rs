@@ -225,6 +225,10 @@ impl Overlay {
 
     /// Copy a non-directory up (no-op when already in the upper).
     pub fn copy_up(&self, node: &Arc<Node>, data: Data) -> Result<()> {
+        self.with_space_retry(|| self.copy_up_once(node, data))
+    }
+
+    fn copy_up_once(&self, node: &Arc<Node>, data: Data) -> Result<()> {
         self.check_writable()?;
         if node.is_dir() {
             return self.copy_up_dir(node).map(drop);

@@ -137,13 +137,19 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         ov: ov.clone(),
         ttl,
         acl: !opts.noacl,
-        passthrough: !opts.writeback,
+        passthrough: !opts.writeback && passthrough_permitted(),
     };
     sys::block_signals();
     let config = fuse_config(opts, ov.cfg.read_only);
-    let mut session = match Session::new(fs, &opts.mountpoint, &config) {
+    let session = match Session::new(fs, &opts.mountpoint, &config) {
         Ok(s) => s,
-        Err(e) => return fail(format!("mount {}: {e}", opts.mountpoint.display())),
+        Err(e) => {
+            return fail(format!(
+                "mount {}: {}",
+                opts.mountpoint.display(),
+                crate::options::io_msg(&e)
+            ))
+        }
     };
     let notifier = session.notifier();
     let _ = ov.attr_invalidator.set(Box::new(move |ino| {
@@ -152,9 +158,22 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
             log::debug!("invalidate attributes of {ino}: {e}");
         }
     }));
-    let mut unmounter = session.unmount_callable();
+    // The session runs in fuser's background thread, which does not own the mount: fuser
+    // unmounts by path when a session it owns ends, and a copy of our mount in another mount
+    // namespace keeps the session alive past an external umount, so by then the path may
+    // hold a newer mount. On a signal we unmount only a mount at our path with our device
+    // (unique while our session lives).
+    let bg = match session.spawn() {
+        Ok(bg) => bg,
+        Err(e) => return fail(format!("start the FUSE session: {e}")),
+    };
     let mnt = opts.mountpoint.clone();
+    let our_dev = std::fs::metadata(&mnt).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.dev()
+    });
     let ov_sig = ov.clone();
+    let mnt_sig = mnt.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
@@ -163,12 +182,18 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
                 dump_counters(&ov_sig);
                 continue;
             }
-            log::info!("signal {sig}: unmounting {}", mnt.display());
-            if let Err(e) = unmounter.unmount() {
-                log::warn!("unmount failed ({e}); detaching");
-                let _ = sys::umount_detach(&mnt);
+            log::info!("signal {sig}: unmounting {}", mnt_sig.display());
+            if our_dev.is_some() && !mounted_here(&mnt_sig, our_dev) {
+                // gone from here (copies elsewhere keep the session): nothing to unmount
+                std::process::exit(0);
             }
-            break;
+            unmount_path(&mnt_sig);
+            // The session ends when the kernel ends the connection. A copy of the mount in
+            // another mount namespace (made by anyone who unshared one meanwhile) keeps it
+            // open: do not outlive a termination signal because of that.
+            std::thread::sleep(Duration::from_secs(5));
+            log::warn!("the mount still has users (another mount namespace?): exiting");
+            std::process::exit(0);
         })
         .ok();
     if let Some(mut f) = ready.take() {
@@ -180,13 +205,97 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         }
         sys::redirect_stdio_to_null();
     }
-    match session.run() {
-        Ok(()) => 0,
-        Err(e) => {
-            log::error!("session ended with error: {e}");
-            0
+    while !bg.guard.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The session ends when the kernel drops the connection: the mount is gone everywhere.
+    // Never unmount the path then: it may hold a newer mount, possibly with the same
+    // (reused) device number. (A session that ended on a protocol error leaves a dead
+    // mount, as a crash would.)
+    std::mem::forget(bg);
+    0
+}
+
+/// FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace (the kernel checks it
+/// when a backing file is registered). Where that is missing, say so once, while stderr still
+/// reaches the caller, and do file I/O through the daemon.
+fn passthrough_permitted() -> bool {
+    let why = if sys::geteuid() != 0 {
+        "not running as root"
+    } else if !sys::in_initial_user_namespace() {
+        "running in a user namespace"
+    } else {
+        return true;
+    };
+    log::warn!("{why}: no FUSE passthrough, file I/O goes through the daemon");
+    false
+}
+
+/// Whether `/proc/self/mountinfo` lists a mount on `mnt` with device `dev`.
+fn mounted_here(mnt: &std::path::Path, dev: Option<u64>) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(mi) = std::fs::read("/proc/self/mountinfo") else {
+        return true;
+    };
+    let want = mnt.as_os_str().as_bytes();
+    mi.split(|&b| b == b'\n').any(|line| {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        if f.len() < 5 || unescape_mountinfo(f[4]) != want {
+            return false;
+        }
+        let d = std::str::from_utf8(f[2])
+            .ok()
+            .and_then(|s| s.split_once(':'))
+            .and_then(|(a, b)| Some(sys::makedev(a.parse().ok()?, b.parse().ok()?)));
+        d == dev
+    })
+}
+
+/// `\ooo` escapes of mountinfo paths.
+pub fn unescape_mountinfo(f: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        if f[i] == b'\\' && i + 3 < f.len() {
+            if let Some(v) = std::str::from_utf8(&f[i + 1..i + 4])
+                .ok()
+                .and_then(|s| u8::from_str_radix(s, 8).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(f[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Unmount our mountpoint: umount(2), else (unprivileged) `fusermount3 -u`, else detach.
+fn unmount_path(mnt: &std::path::Path) {
+    match sys::umount(mnt) {
+        Ok(()) => return,
+        Err(e) if !e.is(libc::EPERM) => log::warn!("unmount {}: {e}", mnt.display()),
+        Err(_) => {
+            for bin in ["fusermount3", "fusermount"] {
+                let r = std::process::Command::new(bin)
+                    .arg("-u")
+                    .arg("-q")
+                    .arg("--")
+                    .arg(mnt)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                if r.is_ok_and(|s| s.success()) {
+                    return;
+                }
+            }
         }
     }
+    log::warn!("unmount of {} failed; detaching", mnt.display());
+    let _ = sys::umount_detach(mnt);
 }
 
 /// The counters line logged on SIGUSR1.

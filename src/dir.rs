@@ -397,6 +397,7 @@ impl Overlay {
     /// Record the node's orphan; if the kernel forgot the node meanwhile (the forget saw
     /// no orphan yet), remove it here.
     fn set_orphan(&self, node: &Arc<Node>, oname: Vec<u8>) {
+        self.orphans.fetch_add(1, Ordering::AcqRel);
         node.s.lock().orphan = Some(oname);
         if node.lookups.load(Ordering::Acquire) == 0 {
             self.drop_orphan(node);

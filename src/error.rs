@@ -39,6 +39,16 @@ impl Error {
         }
     }
 
+    /// Put `outer` (typically the option and path being prepared) in front of the context,
+    /// for a one-line message that names what failed.
+    pub fn within(mut self, outer: impl fmt::Display) -> Self {
+        self.context = Some(match self.context.take() {
+            Some(c) => format!("{outer}: {c}"),
+            None => outer.to_string(),
+        });
+        self
+    }
+
     pub fn is(&self, errno: i32) -> bool {
         self.errno == errno
     }
@@ -46,7 +56,8 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let desc = std::io::Error::from_raw_os_error(self.errno());
+        // strerror's text, without std's " (os error N)": messages reach podman's users
+        let desc = nix::errno::Errno::from_raw(self.errno()).desc();
         match &self.context {
             Some(c) => write!(f, "{c}: {desc}"),
             None => write!(f, "{desc}"),
@@ -82,6 +93,18 @@ mod tests {
         assert_eq!(Error::from_errno(0).errno(), libc::EIO);
         assert_eq!(Error::from_errno(-3).errno(), libc::EIO);
         assert_eq!(Error::from_errno(libc::ENOENT).errno(), libc::ENOENT);
+    }
+
+    #[test]
+    fn display_names_context_without_os_error_suffix() {
+        let e = Error::from_errno(libc::ENOTDIR)
+            .context("open work")
+            .within("workdir /w");
+        assert_eq!(e.to_string(), "workdir /w: open work: Not a directory");
+        assert_eq!(
+            Error::from_errno(libc::EROFS).within("x").to_string(),
+            "x: Read-only file system"
+        );
     }
 
     #[test]

@@ -213,10 +213,46 @@ impl Overlay {
         flags: i32,
         who: Caller,
     ) -> Result<(Arc<Node>, Attr, u64)> {
-        let (node, attr) = self.create_object(parent, name, NewKind::File { mode }, who)?;
+        let (node, attr) = match self.create_object(parent, name, NewKind::File { mode }, who) {
+            Err(e) if e.is(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                // Made by someone else since the kernel's lookup: open it, as open(2) with
+                // O_CREAT and without O_EXCL does.
+                return self.create_existing(parent, name, flags);
+            }
+            r => r?,
+        };
         let fd = self.open_real(&node, flags & !libc::O_TRUNC)?;
         let fh = self.add_file_handle(node.clone(), fd, flags, false);
         Ok((node, attr, fh))
+    }
+
+    fn create_existing(
+        &self,
+        parent: u64,
+        name: &[u8],
+        flags: i32,
+    ) -> Result<(Arc<Node>, Attr, u64)> {
+        let (node, _) = self.lookup(parent, name)?;
+        let opened = match node.kind() {
+            libc::S_IFREG => self
+                .open(node.id, flags & !(libc::O_CREAT | libc::O_EXCL))
+                .and_then(|fh| match self.attr_of(&node) {
+                    Ok(a) => Ok((fh, a)),
+                    Err(e) => {
+                        self.release(fh);
+                        Err(e)
+                    }
+                }),
+            libc::S_IFDIR => err(libc::EISDIR),
+            _ => err(libc::EEXIST),
+        };
+        match opened {
+            Ok((fh, attr)) => Ok((node, attr, fh)),
+            Err(e) => {
+                self.forget(node.id, 1);
+                Err(e)
+            }
+        }
     }
 
     pub fn release(&self, fh: u64) {
@@ -327,7 +363,8 @@ impl Overlay {
         let fd = self.file_fd(&h)?;
         let mut done = 0usize;
         while done < data.len() {
-            let n = sys::pwrite(fd.as_fd(), &data[done..], off + done as u64)?;
+            let at = off + done as u64;
+            let n = self.with_space_retry(|| sys::pwrite(fd.as_fd(), &data[done..], at))?;
             if n == 0 {
                 break;
             }

@@ -165,7 +165,6 @@ impl Filesystem for Fs {
             }
         }
         if self.passthrough
-            && sys::geteuid() == 0
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {

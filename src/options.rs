@@ -614,7 +614,7 @@ fn apply_option(opts: &mut Options, opt: &[u8]) -> Result<(), String> {
 }
 
 /// The message of an I/O error without Rust's " (os error N)" suffix.
-fn io_msg(e: &io::Error) -> String {
+pub(crate) fn io_msg(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
         None => e.to_string(),

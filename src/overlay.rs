@@ -66,6 +66,8 @@ pub struct Overlay {
     pub passthrough: AtomicBool,
     /// Serializes updates of the index's link-count records.
     index_lock: parking_lot::Mutex<()>,
+    /// Removed files kept in the workdir while the kernel still holds them (orphans).
+    pub(crate) orphans: AtomicU64,
     /// Tells the kernel to drop its cached attributes of a node (set by the daemon once
     /// the FUSE session exists; unset without a mount).
     pub attr_invalidator: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
@@ -123,8 +125,9 @@ impl Overlay {
             (Some(_), Some(w)) if !read_only => {
                 let wfd = sys::open_dir_path(w)
                     .map_err(|e| e.context(format!("open workdir {}", w.display())))?;
-                let work = prepare_subdir(wfd.as_fd(), b"work", true)?;
-                let index = prepare_subdir(wfd.as_fd(), b"layerfs-index", false)?;
+                let within = |e: Error| e.within(format!("workdir {}", w.display()));
+                let work = prepare_subdir(wfd.as_fd(), b"work", true).map_err(within)?;
+                let index = prepare_subdir(wfd.as_fd(), b"layerfs-index", false).map_err(within)?;
                 (Some(Arc::new(work)), Some(Arc::new(index)))
             }
             _ => (None, None),
@@ -153,6 +156,7 @@ impl Overlay {
             ids: crate::idmap::IdMapper::from_options(opts),
             passthrough: AtomicBool::new(false),
             index_lock: parking_lot::Mutex::new(()),
+            orphans: AtomicU64::new(0),
             attr_invalidator: std::sync::OnceLock::new(),
         };
         ov.probe_capabilities();
@@ -171,8 +175,9 @@ impl Overlay {
                 match sys::setxattr(work.as_fd(), &probe, b"trusted.overlay.opaque", b"y", 0) {
                     Ok(()) => XattrNs::Trusted,
                     Err(e) => {
-                        log::info!(
-                            "trusted.* xattrs not writable ({e}): writing user.overlay.* metadata"
+                        log::warn!(
+                            "trusted.* xattrs not writable ({e}): writing opaque, redirect and \
+                             origin as user.* xattrs"
                         );
                         XattrNs::User
                     }
@@ -877,6 +882,28 @@ impl Overlay {
                 log::warn!("removing orphan {}: {e}", bstr(&o));
             }
         }
+        self.orphans.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Run `op`; if it fails with ENOSPC while removed files still hold space as orphans,
+    /// wait (at most a second) for one of them to go and try once more. Removing a file
+    /// that nothing uses any more frees its space as the kernel forgets the inode, and that
+    /// FORGET may still be in another daemon thread's hands when the next request (say, the
+    /// copy-up of `rm big; chmod 600 other`) runs out of space.
+    pub(crate) fn with_space_retry<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+        match op() {
+            Err(e) if e.is(libc::ENOSPC) && self.orphans.load(Ordering::Acquire) > 0 => {
+                let held = self.orphans.load(Ordering::Acquire);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while self.orphans.load(Ordering::Acquire) >= held
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                op()
+            }
+            r => r,
+        }
     }
 
     /// Upper location of a non-directory: (parent's upper dir, name).
@@ -1097,14 +1124,16 @@ pub fn bstr(b: &[u8]) -> String {
 /// Create (or reuse) `name` under `dir`; when `empty` clear what is in it (leftovers of a
 /// crashed daemon: staging files are never valid state).
 fn prepare_subdir(dir: std::os::fd::BorrowedFd, name: &[u8], empty: bool) -> Result<OwnedFd> {
+    let name_s = String::from_utf8_lossy(name);
     match sys::mkdirat(dir, name, 0o700) {
         Ok(()) => {}
         Err(e) if e.is(libc::EEXIST) => {}
-        Err(e) => return Err(e.context("create work directory")),
+        Err(e) => return Err(e.context(format!("create {name_s}"))),
     }
-    let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let fd = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        .map_err(|e| e.context(format!("open {name_s}")))?;
     if empty {
-        remove_contents(&fd)?;
+        remove_contents(&fd).map_err(|e| e.context(format!("empty {name_s}")))?;
     }
     Ok(fd)
 }

@@ -805,6 +805,15 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// True when this process runs in the initial user namespace (its uid_map is the identity
+/// over all ids), where root holds real capabilities; false inside `unshare -U`, rootless
+/// podman's namespace, or when the map cannot be read.
+pub fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
+
 pub fn getegid() -> u32 {
     unsafe { libc::getegid() }
 }
@@ -975,4 +984,10 @@ pub fn syslog(msg: &[u8]) {
 /// Whether a syslog daemon listens on /dev/log.
 pub fn syslog_available() -> bool {
     std::fs::symlink_metadata("/dev/log").is_ok()
+}
+
+/// Unmount a path (`umount2(path, 0)`).
+pub fn umount(path: &std::path::Path) -> Result<()> {
+    let c = cstr(path.as_os_str().as_bytes())?;
+    check(unsafe { libc::umount2(c.as_ptr(), 0) }).map(drop)
 }

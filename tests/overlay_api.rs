@@ -344,3 +344,53 @@ fn copy_up_writes_kernel_origin_and_impure_parent() {
     assert_eq!(&fb[5..21], &uuid);
     assert_eq!(&fb[21..], &handle[..]);
 }
+
+/// Regression (found by the stress test): FUSE CREATE for a name made by someone else after
+/// the kernel's lookup gave EEXIST to open(O_CREAT) without O_EXCL; it opens the existing
+/// file now (truncating with O_TRUNC), and gives EEXIST only with O_EXCL, EISDIR for a
+/// directory.
+#[test]
+fn create_without_excl_opens_an_existing_file() {
+    let env = Env::new();
+    write(&env.p("l1/lowerf"), "lower data");
+    let ov = env.ov();
+    let (n1, _, fh1) = ov
+        .create(ROOT_ID, b"f", 0o644, libc::O_WRONLY | libc::O_CREAT, me())
+        .unwrap();
+    assert_eq!(ov.write(fh1, 0, b"hello").unwrap(), 5);
+    let (n2, a2, fh2) = ov
+        .create(ROOT_ID, b"f", 0o644, libc::O_RDWR | libc::O_CREAT, me())
+        .unwrap();
+    assert_eq!(n1.id, n2.id);
+    assert_eq!(a2.st.size, 5);
+    assert_eq!(ov.read(fh2, 0, 100).unwrap(), b"hello");
+    let e = ov
+        .create(
+            ROOT_ID,
+            b"f",
+            0o644,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            me(),
+        )
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EEXIST);
+    // a lower file: opened (and copied up) with O_TRUNC
+    let (_, a3, fh3) = ov
+        .create(
+            ROOT_ID,
+            b"lowerf",
+            0o644,
+            libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
+            me(),
+        )
+        .unwrap();
+    assert_eq!(a3.st.size, 0);
+    assert_eq!(ov.read(fh3, 0, 100).unwrap(), b"");
+    assert_eq!(fs::read(env.p("l1/lowerf")).unwrap(), b"lower data");
+    ov.create_object(ROOT_ID, b"d", NewKind::Dir { mode: 0o755 }, me())
+        .unwrap();
+    let e = ov
+        .create(ROOT_ID, b"d", 0o644, libc::O_RDWR | libc::O_CREAT, me())
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EISDIR);
+}

@@ -79,6 +79,15 @@ umount {m}
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Each fallback is said once per mount (two mounts above), before going to the
+    // background, so the caller's stderr has it.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for msg in [
+        "trusted.* xattrs not writable",
+        "running in a user namespace: no FUSE passthrough",
+    ] {
+        assert_eq!(stderr.matches(msg).count(), 2, "{msg:?} in {stderr}");
+    }
     // Unprivileged formats: no trusted.* xattrs could be written inside the namespace.
     let opaque = sh(&format!(
         "getfattr -n user.overlay.opaque --only-values {}",

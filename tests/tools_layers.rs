@@ -73,6 +73,21 @@ chmod 600 usr/lib2/libx.so
     drop(m);
 }
 
+/// Tests that create mount namespaces (the syslog test, podman's containers) run alone: a
+/// new namespace copies every mount, and a copy keeps the daemon of an unmounted mount
+/// alive; when the copy goes, that daemon unmounts its mountpoint by path, taking down
+/// whatever another test mounted there since (a daemon bug, reported). The other mounting
+/// tests share the lock.
+static NS_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn ns_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    NS_LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ns_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    NS_LOCK.write().unwrap_or_else(|e| e.into_inner())
+}
+
 fn lopts(s: &Scratch) -> String {
     format!("{}:{}", s.lower(0).display(), s.lower(1).display())
 }
@@ -191,6 +206,7 @@ fn export_reimport_shows_the_same_tree_in_every_compression() {
     if !require_mount_privilege("export_reimport_shows_the_same_tree_in_every_compression") {
         return;
     }
+    let _ns = ns_shared();
     let s = Scratch::new();
     every_format(&s);
     let lower = lopts(&s);
@@ -441,6 +457,7 @@ fn export_matches_podman_diff_and_commit() {
     if !require_mount_privilege("export_matches_podman_diff_and_commit") {
         return;
     }
+    let _ns = ns_exclusive();
     let have = common::sh("command -v podman && command -v runc && test -x /bin/busybox");
     if !have.status.success() {
         eprintln!(
@@ -730,6 +747,7 @@ fn check_finds_and_repairs_inconsistencies() {
     if !require_mount_privilege("check_finds_and_repairs_inconsistencies") {
         return;
     }
+    let _ns = ns_shared();
     let s = Scratch::new();
     every_format(&s);
     let lower = lopts(&s);
@@ -827,6 +845,7 @@ fn explain_on_a_live_mount_and_sigusr1_counters() {
     if !require_mount_privilege("explain_on_a_live_mount_and_sigusr1_counters") {
         return;
     }
+    let _ns = ns_shared();
     let s = Scratch::new();
     every_format(&s);
     let log = s.path().join("daemon.log");
@@ -928,7 +947,8 @@ fn explain_on_a_live_mount_and_sigusr1_counters() {
             .unwrap_or(0)
     };
     assert!(num("lookup") >= 3, "{line}");
-    assert!(num("create") >= 1 && num("write") >= 1, "{line}");
+    // (the write itself may bypass the daemon: FUSE passthrough as root)
+    assert!(num("create") >= 1, "{line}");
     assert!(num("readdir") + num("readdirplus") >= 1, "{line}");
     assert!(num("total") >= num("lookup") + num("create"), "{line}");
 }
@@ -941,6 +961,7 @@ fn background_daemon_logs_counters_to_syslog() {
     if !require_mount_privilege("background_daemon_logs_counters_to_syslog") {
         return;
     }
+    let _ns = ns_exclusive();
     let s = Scratch::new();
     std::fs::write(s.lower(0).join("f"), "x").unwrap();
     let sock_path = s.path().join("log.sock");
@@ -948,9 +969,15 @@ fn background_daemon_logs_counters_to_syslog() {
     sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     // The namespace lives as long as the daemon; the mount is only visible inside it, so
-    // the daemon is found by its command line and stopped with SIGTERM.
+    // the daemon is found by its command line and stopped with SIGTERM. The namespace's
+    // copies of other FUSE mounts are dropped first: a copy would keep another test's
+    // daemon alive after its umount, and that daemon, once the copy goes, unmounts by path
+    // whatever was mounted on its mountpoint since (see the report on that daemon bug).
     let script = format!(
         r#"set -e
+grep ' - fuse' /proc/self/mountinfo | cut -d' ' -f5 | sort -r | while read -r m; do
+  umount -l "$(printf '%b' "$m")" 2>/dev/null || true
+done
 maj=$((0x$(stat -c %t /dev/fuse))); min=$((0x$(stat -c %T /dev/fuse)))
 mount -t tmpfs none /dev
 mknod -m 666 /dev/null c 1 3; mknod -m 666 /dev/fuse c $maj $min
@@ -1002,4 +1029,59 @@ cat {m}/f >/dev/null; ls {m} >/dev/null
     assert!(line.contains(&format!("layerfs[{}]", pids[0])), "{line}");
     assert!(line.contains("lookup="), "{line}");
     assert!(line.contains("open=") || line.contains("read="), "{line}");
+}
+
+/// A copy of a mount in another mount namespace keeps the daemon alive after `umount`;
+/// when the copy goes, the daemon must exit without unmounting its mountpoint by path,
+/// where a newer mount may live by then (possibly with the reused device number).
+#[test]
+fn old_daemon_does_not_unmount_a_newer_mount_on_its_path() {
+    if !require_mount_privilege("old_daemon_does_not_unmount_a_newer_mount_on_its_path") {
+        return;
+    }
+    let _ns = ns_exclusive();
+    let s = Scratch::new();
+    std::fs::write(s.lower(0).join("f"), "x").unwrap();
+    let a = s.mount(1, "");
+    let old = common::daemon_pids(&s.mnt());
+    assert_eq!(old.len(), 1);
+    // a namespace holding a copy of the mount for a while
+    let mut ns = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "echo ready; sleep 2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(ns.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    drop(a); // umount here; the copy keeps the old daemon's session alive
+    assert!(Path::new(&format!("/proc/{}", old[0])).exists());
+    let b = s.mount(1, "");
+    assert!(ns.wait().unwrap().success());
+    // the old daemon's session ends now: it must exit and leave the new mount alone
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{}", old[0])).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old daemon did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        common::is_mounted(&s.mnt()),
+        "the newer mount was unmounted"
+    );
+    assert_eq!(std::fs::read(b.path("f")).unwrap(), b"x");
 }

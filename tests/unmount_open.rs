@@ -10,7 +10,7 @@ mod common;
 mod load;
 
 use common::{sh, Scratch};
-use load::{wait_timeout, FgMount};
+use load::{wait_daemon_exit, FgMount};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -142,8 +142,9 @@ fn unmount_with_open_files(how: &str) {
         );
     }
     // The daemon exits cleanly once the last reference is gone.
-    let st = wait_timeout(&mut m.child, Duration::from_secs(30));
-    assert!(st.success(), "{how}: daemon exit {st}: {}", m.log_text());
+    if let Some(st) = wait_daemon_exit(&mut m.child, &mnt) {
+        assert!(st.success(), "{how}: daemon exit {st}: {}", m.log_text());
+    }
     assert!(!m.log_text().contains("panicked"), "{}", m.log_text());
     drop(m);
 
@@ -193,4 +194,36 @@ fn fusermount_u_lazy_while_files_open() {
 #[test]
 fn umount_lazy_while_files_open() {
     unmount_with_open_files("umount -l");
+}
+
+/// Regression: SIGTERM unmounts and the daemon exits 0, also when the mount was copied into
+/// another mount namespace meanwhile (anyone running `unshare -m` copies every mount): the
+/// daemon used to keep serving the copy forever, ignoring the signal.
+#[test]
+fn sigterm_exits_even_if_the_mount_lives_on_elsewhere() {
+    if !common::require_mount_privilege("sigterm_exits_even_if_the_mount_lives_on_elsewhere") {
+        return;
+    }
+    let s = Scratch::new();
+    let opts = common::layer_opts(&[s.lower(0)], Some(&s.upper()), Some(&s.work()));
+    let mut m = FgMount::start(&opts, &s.mnt(), &s.path().join("daemon.log"), "warn");
+    // a mount namespace that holds a copy of the mount
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "sleep", "120"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while load::mount_copies_elsewhere(&s.mnt()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no copy of the mount appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(m.pid(), libc::SIGTERM) };
+    let st = load::wait_timeout(&mut m.child, Duration::from_secs(30));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(st.success(), "daemon exit {st}: {}", m.log_text());
+    assert!(!common::is_mounted(&s.mnt()));
 }

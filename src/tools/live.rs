@@ -11,32 +11,13 @@
 //! hard-link index is consulted read-only.
 
 use super::{explain, open_stack_opts};
+use crate::daemon::unescape_mountinfo;
 use crate::error::{Error, Result};
 use crate::options::{self, Command, Options};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-fn unescape(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        if f[i] == b'\\' && i + 3 < f.len() {
-            if let Some(v) = std::str::from_utf8(&f[i + 1..i + 4])
-                .ok()
-                .and_then(|s| u8::from_str_radix(s, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(f[i]);
-        i += 1;
-    }
-    out
-}
 
 /// A layerfs mount from mountinfo: (mount point, device).
 pub(crate) fn layerfs_mounts() -> Vec<(PathBuf, u64)> {
@@ -65,7 +46,7 @@ pub(crate) fn layerfs_mounts() -> Vec<(PathBuf, u64)> {
             continue;
         };
         v.push((
-            PathBuf::from(OsString::from_vec(unescape(f[4]))),
+            PathBuf::from(OsString::from_vec(unescape_mountinfo(f[4]))),
             crate::sys::makedev(maj, min),
         ));
     }
@@ -224,8 +205,8 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes() {
-        assert_eq!(unescape(b"/a\\040b\\011c"), b"/a b\tc");
-        assert_eq!(unescape(b"/x\\134"), b"/x\\");
-        assert_eq!(unescape(b"/short\\04"), b"/short\\04");
+        assert_eq!(unescape_mountinfo(b"/a\\040b\\011c"), b"/a b\tc");
+        assert_eq!(unescape_mountinfo(b"/x\\134"), b"/x\\");
+        assert_eq!(unescape_mountinfo(b"/short\\04"), b"/short\\04");
     }
 }

@@ -118,29 +118,10 @@ pub fn is_mounted(mnt: &Path) -> bool {
     mounts.split(|&b| b == b'\n').any(|line| {
         line.split(|&b| b == b' ')
             .nth(4)
-            .map(unescape_mountinfo)
+            .map(layerfs::daemon::unescape_mountinfo)
             .as_deref()
             == Some(want)
     })
-}
-
-fn unescape_mountinfo(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        if f[i] == b'\\' && i + 3 < f.len() {
-            if let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&f[i + 1..i + 4]).unwrap_or("x"), 8)
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(f[i]);
-        i += 1;
-    }
-    out
 }
 
 /// Unmount `mnt` (FUSE or kernel), retrying while busy, and wait until it is gone.
