@@ -251,10 +251,8 @@ impl Overlay {
         self.copy_up(&node, Data::Full)?;
         let (sdir, sname) = self.upper_loc(&node)?;
         let npup = self.copy_up_dir(&np)?;
-        if node.s.lock().lower.is_some() {
-            // A new name of an object with a lower origin.
-            self.set_impure(&npup)?;
-        }
+        // A new name of an object that may have a lower origin (see rename).
+        self.set_impure(&npup)?;
         match self.upper_whiteout(&npup, newname) {
             UpperWhiteout::None => sys::linkat(sdir.as_fd(), &sname, npup.as_fd(), newname)?,
             UpperWhiteout::CharDev => {
@@ -540,8 +538,6 @@ impl Overlay {
             }
         }
         let src_is_dir = src.st.is_dir();
-        let src_origin = has_origin(&src);
-        let dst_origin = dst.as_deref().is_some_and(has_origin);
         let src_lower_present = src.lower_present;
         let src_has_lowers = !src.lowers.is_empty();
         let src_has_redirect = src.has_redirect;
@@ -580,11 +576,12 @@ impl Overlay {
             self.copy_up_name(&snode, &p, name, src_in_upper)?;
         }
 
-        // Objects with a lower origin moving into another directory make it impure.
-        if src_origin {
-            self.set_impure(&npup)?;
-        }
-        if dst_origin && flags & sys::RENAME_EXCHANGE != 0 {
+        // What moves into a directory may carry a lower origin (for an object already in
+        // the upper only its xattrs tell, and not always the lower it names): mark the
+        // directory impure, as the kernel does for objects with an origin. Harmless for
+        // pure upper objects.
+        self.set_impure(&npup)?;
+        if flags & sys::RENAME_EXCHANGE != 0 {
             self.set_impure(&pup)?;
         }
         if flags & sys::RENAME_EXCHANGE != 0 {
@@ -777,10 +774,4 @@ impl Overlay {
         }
         s.deleted = false;
     }
-}
-
-/// The object has a lower origin: a merged or lower directory, or a non-directory that
-/// came from (or is still in) a lower layer.
-fn has_origin(f: &Found) -> bool {
-    !f.lowers.is_empty() || f.lower.is_some()
 }

@@ -571,3 +571,20 @@ fn regression_kernel_on_layerfs_upper_link_dino() {
         Link(p("odd/-leading-dash"), p("d/d/c")),
     ]);
 }
+
+/// An upper object with a lower origin (here lower `d/c`, moved to `c` by an exchange)
+/// renamed into another directory makes it impure too (found by the random sequences:
+/// layerfs only marked the target when it knew the object's lower).
+#[test]
+fn regression_kernel_on_layerfs_upper_moved_copy_dino() {
+    if skip("regression_kernel_on_layerfs_upper_moved_copy_dino") {
+        return;
+    }
+    run_acts(&[
+        Mkdir(p("d/d/c"), 493),
+        Unlink(p("d/d/b")),
+        Rename(p("c"), p("d/c"), libc::RENAME_EXCHANGE),
+        Unlink(p("d/e/b")),
+        Rename(p("c"), p("odd/-leading-dash"), 0),
+    ]);
+}
