@@ -109,6 +109,7 @@ impl Runner {
                 recent_from,
                 dir_nlink: true,
                 dotdot_ino: false,
+                link_dino: true,
             },
             done: Vec::new(),
             ops_compared: 0,
@@ -171,6 +172,7 @@ impl Runner {
                 &s.mnt,
                 &SnapOpts {
                     dotdot_ino: !s.kernel,
+                    link_dino: !s.kernel,
                     ..self.opts
                 },
                 Some(&s.snap),

@@ -106,6 +106,9 @@ pub struct SnapOpts {
     pub dir_nlink: bool,
     /// check that readdir's `..` has the parent's st_ino (layerfs only, see the table)
     pub dotdot_ino: bool,
+    /// check readdir d_ino of hard-linked entries (st_nlink > 1) too (layerfs only, see
+    /// the table)
+    pub link_dino: bool,
 }
 
 struct DirEnt {
@@ -404,7 +407,12 @@ pub fn snapshot(root: &Path, o: &SnapOpts, known: Option<&Snapshot>) -> Snapshot
                     }
                 },
             };
-            if e.ino != ino {
+            let linked = s
+                .entries
+                .get(&r)
+                .and_then(|x| x.nlink)
+                .is_some_and(|n| n > 1);
+            if e.ino != ino && (o.link_dino || !linked) {
                 s.problems.push(format!(
                     "{r:?}: readdir d_ino {} != lstat st_ino {ino}",
                     e.ino
