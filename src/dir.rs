@@ -349,8 +349,12 @@ impl Overlay {
             && s.is_primary(parent.id, name)
     }
 
-    fn orphan_name(node: &Node) -> Vec<u8> {
-        format!("orphan-{:016x}", node.id).into_bytes()
+    /// The workdir and the node's orphan name in it, cleared of a stale entry.
+    fn orphan_slot(&self, node: &Node) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
+        let work = self.work()?.clone();
+        let oname = format!("orphan-{:016x}", node.id).into_bytes();
+        let _ = sys::unlinkat(work.as_fd(), &oname, false);
+        Ok((work, oname))
     }
 
     /// Move the upper object `name` into the workdir as the node's orphan (leaving a
@@ -362,9 +366,7 @@ impl Overlay {
         lower_present: bool,
         node: &Arc<Node>,
     ) -> Result<()> {
-        let work = self.work()?.clone();
-        let oname = Self::orphan_name(node);
-        let _ = sys::unlinkat(work.as_fd(), &oname, false);
+        let (work, oname) = self.orphan_slot(node)?;
         let mut moved = false;
         if lower_present && self.chardev_whiteouts.load(Ordering::Relaxed) {
             match sys::renameat2(
@@ -583,8 +585,6 @@ impl Overlay {
         self.set_impure(&npup)?;
         if flags & sys::RENAME_EXCHANGE != 0 {
             self.set_impure(&pup)?;
-        }
-        if flags & sys::RENAME_EXCHANGE != 0 {
             let (dn, d_is_dir, d_lower_present, d_has_lowers, d_redirect, d_lpath) =
                 dinfo.clone().unwrap();
             if d_is_dir {
@@ -647,9 +647,7 @@ impl Overlay {
         // mount empties the workdir).
         let dst_orphan = match &dinfo {
             Some((dn, false, ..)) if dst_in_upper && self.needs_orphan(dn, &np, newname) => {
-                let work = self.work()?.clone();
-                let o = Self::orphan_name(dn);
-                let _ = sys::unlinkat(work.as_fd(), &o, false);
+                let (work, o) = self.orphan_slot(dn)?;
                 match sys::linkat(npup.as_fd(), newname, work.as_fd(), &o) {
                     Ok(()) => Some(o),
                     Err(e) => {
