@@ -97,7 +97,10 @@ impl Overlay {
         let node = self.node(ino)?;
         if let Ok(h) = self.handle(fh) {
             if let Ok(fd) = self.file_fd(&h) {
-                let st = sys::fstat(fd.as_fd())?;
+                let mut st = sys::fstat(fd.as_fd())?;
+                // The union's owner and mode, as for a lookup by name: override_stat of
+                // the open object, then stored ids mapped to shown ids.
+                self.present(&mut st, &fd, b"");
                 let mut attr = Attr {
                     st,
                     ino: node.st_ino,
