@@ -211,7 +211,6 @@ fn setuid_setgid_cleared_on_write_by_non_owner_like_kernel() {
 /// layerfs would have to take over killing the bits (KILLPRIV_V2: WRITE/SETATTR/OPEN
 /// kill flags).
 #[test]
-#[ignore = "layerfs bug: setgid without group-exec kept on write by a non-member (no KILLPRIV_V2)"]
 fn setgid_without_group_exec_cleared_like_kernel() {
     if !common::require_mount_privilege("setgid_without_group_exec_cleared_like_kernel") {
         return;
