@@ -377,3 +377,96 @@ impl Overlay {
         sys::removexattr(dir.as_fd(), &n, name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REG: u32 = libc::S_IFREG;
+    const GID: u32 = 100;
+
+    fn cred(fsgid: u32, groups: &[u32], fsetid: bool) -> Cred {
+        Cred {
+            fsgid,
+            groups: groups.to_vec(),
+            fsetid,
+            fsetid_here: fsetid,
+        }
+    }
+
+    /// The VFS's table (setattr_should_drop_suidgid / chown_common), one row per case:
+    /// (file mode, cause, caller, mode after).
+    #[test]
+    fn kill_rules_follow_the_vfs() {
+        let member = cred(GID, &[], false);
+        let supplementary = cred(7, &[3, GID], false);
+        let outsider = cred(7, &[3], false);
+        let root = cred(0, &[], true);
+        let rows: &[(u32, Kill, &Cred, u32)] = &[
+            // write: set-user-id always goes for a caller without CAP_FSETID
+            (0o4755, Kill::Write, &member, 0o0755),
+            (0o4755, Kill::Write, &outsider, 0o0755),
+            (0o4755, Kill::Write, &root, 0o4755),
+            // set-group-id with group-execute: goes for anyone without CAP_FSETID
+            (0o2775, Kill::Write, &member, 0o0775),
+            (0o2775, Kill::Write, &outsider, 0o0775),
+            (0o2775, Kill::Write, &root, 0o2775),
+            // set-group-id without group-execute: only for a caller outside the group
+            (0o2766, Kill::Write, &member, 0o2766),
+            (0o2766, Kill::Write, &supplementary, 0o2766),
+            (0o2766, Kill::Write, &outsider, 0o0766),
+            (0o6766, Kill::Write, &outsider, 0o0766),
+            (0o6766, Kill::Write, &member, 0o2766),
+            // truncate: the same rules
+            (0o6777, Kill::Truncate, &outsider, 0o0777),
+            (0o6766, Kill::Truncate, &member, 0o2766),
+            (0o6777, Kill::Truncate, &root, 0o6777),
+            // chown: set-user-id whoever the caller; set-group-id with group-execute, or
+            // without when the caller is neither in the group nor holds CAP_FSETID
+            (0o6755, Kill::Chown, &root, 0o0755),
+            (0o6745, Kill::Chown, &root, 0o2745),
+            (0o6745, Kill::Chown, &member, 0o2745),
+            (0o6745, Kill::Chown, &outsider, 0o0745),
+            (0o2775, Kill::Chown, &root, 0o0775),
+            // nothing to drop
+            (0o0755, Kill::Write, &outsider, 0o0755),
+            (0o1777, Kill::Write, &outsider, 0o1777),
+        ];
+        for &(mode, kill, c, want) in rows {
+            let got = mode_after_kill(REG | mode, GID, kill, c);
+            assert_eq!(got, REG | want, "{mode:o} {kill:?} {c:?}");
+        }
+    }
+
+    #[test]
+    fn kill_applies_to_the_right_file_types() {
+        let outsider = cred(7, &[], false);
+        let dir = libc::S_IFDIR | 0o2775;
+        for kill in [Kill::Write, Kill::Truncate, Kill::Chown] {
+            assert_eq!(mode_after_kill(dir, GID, kill, &outsider), dir, "{kill:?}");
+        }
+        // a FIFO with set-id bits keeps them on write, loses them on chown
+        let fifo = libc::S_IFIFO | 0o6666;
+        assert_eq!(mode_after_kill(fifo, GID, Kill::Write, &outsider), fifo);
+        assert_eq!(
+            mode_after_kill(fifo, GID, Kill::Chown, &outsider),
+            libc::S_IFIFO | 0o0666
+        );
+    }
+
+    #[test]
+    fn proc_status_parsed() {
+        let s = "Name:\tbash\nUid:\t0\t0\t0\t0\nGroups:\t4 24 27 \nCapInh:\t0000000000000000\n\
+                 CapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_status(s), Some((vec![4, 24, 27], true)));
+        let s = "Groups:\t\nCapEff:\t0000000000000000\n";
+        assert_eq!(parse_status(s), Some((vec![], false)));
+        // CAP_FSETID alone (bit 4)
+        assert_eq!(
+            parse_status("Groups:\nCapEff:\t0000000000000010\n"),
+            Some((vec![], true))
+        );
+        assert_eq!(parse_status("Groups:\t1 x\nCapEff:\t0\n"), None);
+        assert_eq!(parse_status("Groups:\t1\n"), None);
+    }
+}
