@@ -218,7 +218,12 @@ impl Overlay {
         if a.atime.is_some() || a.mtime.is_some() {
             sys::utimensat(dir.as_fd(), &name, a.atime, a.mtime)?;
         }
-        self.attr_of(&node)
+        let attr = self.attr_of(&node)?;
+        if a.mode.is_some() && attr.st.mode & SETID == 0 {
+            // (tar's chmod after the write) later writes need no look again
+            node.privs.fetch_or(NO_SETID, Ordering::AcqRel);
+        }
+        Ok(attr)
     }
 
     /// Drop the set-id bits and the file capability of `node` as the VFS does when `who`
