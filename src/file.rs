@@ -203,15 +203,18 @@ impl Overlay {
             };
             self.copy_up(&node, data)?;
         }
-        // Decided before the open: a copy-up in between leaves the flag set, and the first
-        // use then re-opens the copy.
-        let on_lower = !self.cfg.read_only && data_on_lower(&node);
-        let fd = self.open_real(&node, flags)?;
-        if let (Some(who), true) = (who, flags & libc::O_TRUNC != 0) {
+        if let (Some(who), true) = (who, flags & libc::O_TRUNC != 0 && wants_write(flags)) {
+            // Before the truncating open: where the daemon lacks CAP_FSETID (a user
+            // namespace) the upper's filesystem drops set-user-id itself on truncate, and
+            // the kernel would keep the old mode cached.
             if self.kill_privs(&node, Kill::Truncate, who, None)? {
                 self.invalidate_attr(node.id);
             }
         }
+        // Decided before the open: a copy-up in between leaves the flag set, and the first
+        // use then re-opens the copy.
+        let on_lower = !self.cfg.read_only && data_on_lower(&node);
+        let fd = self.open_real(&node, flags)?;
         if on_lower {
             node.io.lock().stale_opens += 1;
         }

@@ -584,3 +584,67 @@ fn plain_user_mount(after_copy_up: bool) {
 fn as_nobody(script: &str, mnt: &Path) -> (i32, String) {
     as_uid(NOBODY, script, mnt)
 }
+
+/// In a user namespace (layerfs and the kernel overlay both mounted by its root, ids
+/// 0-65535 mapped to themselves): nobody holds CAP_FSETID there, the daemon included, so
+/// the upper's filesystem also drops set-user-id on the daemon's own truncates and
+/// writes; the union must show what the kernel overlay shows, right after each step.
+#[test]
+fn setid_dropped_in_a_user_namespace_like_kernel() {
+    if !common::require_mount_privilege("setid_dropped_in_a_user_namespace_like_kernel") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let b = s.path().display().to_string();
+    let inner = format!(
+        r#"set -e
+B={b}
+trap 'umount $B/lf/m 2>/dev/null; umount $B/ko/m 2>/dev/null' EXIT
+{layerfs} -o lowerdir=$B/lf/l,upperdir=$B/lf/u,workdir=$B/lf/w $B/lf/m 2>/dev/null
+mount -t overlay overlay -o lowerdir=$B/ko/l,upperdir=$B/ko/u,workdir=$B/ko/w,userxattr $B/ko/m
+for t in lf ko; do
+  M=$B/$t/m
+  setpriv --reuid {USER} --regid {USER} --clear-groups bash -c "echo x >> $M/suid; echo x >> $M/sgid_nox; : > $M/otr; truncate -s 1 $M/tr; chgrp {USER} $M/own"
+  echo x >> $M/root_suid
+  : > $M/root_otr
+  echo "$(cd $M && stat -c '%n %a %u:%g %s' suid sgid_nox otr tr own root_suid root_otr | tr '\n' ' ')"
+done
+"#,
+        layerfs = common::LAYERFS,
+    );
+    fs::write(s.path().join("inner.sh"), inner).unwrap();
+    let setup = format!(
+        r#"set -e
+B={b}
+for t in lf ko; do
+  mkdir -p $B/$t/l $B/$t/u $B/$t/w $B/$t/m
+  cd $B/$t/l
+  for f in suid otr tr root_suid root_otr; do echo s > $f; chmod 6777 $f; done
+  echo s > sgid_nox; chmod 2766 sgid_nox
+  echo s > own; chown {USER}:0 own; chmod 6766 own
+done
+"#
+    );
+    sh_ok(&setup);
+    // the namespace's process waits until its id maps are written from outside
+    let out = sh(&format!(
+        r#"B={b}
+unshare -U -m --propagation private bash -c "while [ ! -e $B/go ]; do sleep 0.05; done; exec bash $B/inner.sh" &
+UP=$!
+sleep 0.3
+echo "0 0 65536" > /proc/$UP/uid_map && echo "0 0 65536" > /proc/$UP/gid_map && touch $B/go
+wait $UP"#
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], lines[1], "layerfs, then the kernel overlay");
+    assert!(lines[1].contains("otr 777 "), "{text}");
+    assert!(lines[1].contains("root_otr 777 "), "{text}");
+}
