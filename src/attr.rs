@@ -252,7 +252,10 @@ impl Overlay {
         let (dir, name) = self.real_loc(node)?;
         if check_caps {
             if sys::getxattr(dir.as_fd(), &name, CAPS_XATTR)?.is_some() {
-                sys::removexattr(dir.as_fd(), &name, CAPS_XATTR)?;
+                match sys::removexattr(dir.as_fd(), &name, CAPS_XATTR) {
+                    Err(e) if !e.is(libc::ENODATA) => return Err(e),
+                    _ => {}
+                }
             }
             node.privs.fetch_or(NO_CAPS, Ordering::AcqRel);
         }
