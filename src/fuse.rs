@@ -148,6 +148,15 @@ impl Fs {
     }
 }
 
+/// Open flags besides FOPEN_PASSTHROUGH (which fuser adds) for a passthrough open.
+fn pt_flags(direct_io: bool) -> FopenFlags {
+    if direct_io {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let mut want = InitFlags::FUSE_ATOMIC_O_TRUNC
@@ -373,8 +382,8 @@ impl Filesystem for Fs {
             }
         };
         match self.ov.plan_io(fh, |fd| reply.open_backing(fd)) {
-            Ok(IoPlan::Passthrough(b)) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+            Ok(IoPlan::Passthrough { backing, direct_io }) => {
+                reply.opened_passthrough(FileHandle(fh), pt_flags(direct_io), &backing)
             }
             Ok(IoPlan::Cached { keep_cache }) => {
                 let flags = if keep_cache {
@@ -664,13 +673,13 @@ impl Filesystem for Fs {
                 // The same I/O-mode bookkeeping as open: the kernel fails a later open of
                 // the file with EIO if it is told passthrough while this one is cached.
                 match self.ov.plan_io(fh, |fd| reply.open_backing(fd)) {
-                    Ok(IoPlan::Passthrough(b)) => reply.created_passthrough(
+                    Ok(IoPlan::Passthrough { backing, direct_io }) => reply.created_passthrough(
                         &self.ttl,
                         &fa,
                         generation,
                         FileHandle(fh),
-                        FopenFlags::empty(),
-                        &b,
+                        pt_flags(direct_io),
+                        &backing,
                     ),
                     Ok(IoPlan::Cached { .. }) => reply.created(
                         &self.ttl,
