@@ -95,8 +95,15 @@ impl Overlay {
     /// getattr through an open handle (works for unlinked-but-open files).
     pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<Attr> {
         let node = self.node(ino)?;
-        // (A handle still reading the lower file after a copy-up: the node's attributes.)
-        if let Some(h) = self.handle(fh).ok().filter(|h| !h.reads_old_lower()) {
+        if let Ok(h) = self.handle(fh) {
+            if h.reads_old_lower() {
+                // Still reading the lower file after a copy-up: the node's attributes.
+                let mut attr = self.attr_of(&node)?;
+                if node.s.lock().deleted {
+                    attr.st.nlink = 0;
+                }
+                return Ok(attr);
+            }
             if let Ok(fd) = self.file_fd(&h) {
                 let st = sys::fstat(fd.as_fd())?;
                 let mut attr = Attr {

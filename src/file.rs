@@ -52,9 +52,7 @@ pub enum IoPlan {
     /// Through the daemon; `keep_cache`: the kernel may keep the pages it has for this
     /// inode (only layerfs changes the layers and every change it makes goes through
     /// the kernel's page cache, except passthrough writes, after which it is dropped).
-    Cached {
-        keep_cache: bool,
-    },
+    Cached { keep_cache: bool },
     /// FUSE passthrough to `backing`; with `direct_io` (an open made while the inode is
     /// still passed through to its lower file, copied up since) the kernel sends reads and
     /// writes to the daemon instead (which serves them from the copy) and maps the backing
@@ -100,6 +98,10 @@ fn data_on_lower(node: &Node) -> bool {
 fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
+
+/// How long an open for writing waits for the release of the last open passed through to
+/// the lower file before it is refused.
+const PINNED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A handle passed through to its lower file keeps that file after a copy-up (the kernel
 /// reads it anyway); it no longer counts as one to re-open on the copy.
@@ -216,6 +218,29 @@ impl Overlay {
         })
     }
 
+    /// Before an open for writing: refuse it while opens of `node` passed through to its
+    /// lower file are live (see [`pinned_to_lower`]), as writing to a running executable
+    /// is refused. The kernel lets go of the backing file when the last of them is closed
+    /// and sends the release in the background, so a release may still be on its way:
+    /// wait for it a little first.
+    fn wait_not_pinned(&self, node: &Node) -> Result<()> {
+        if self.cfg.read_only {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + PINNED_WAIT;
+        while pinned_to_lower(&node.io.lock()) {
+            if std::time::Instant::now() >= deadline {
+                log::debug!(
+                    "open for writing of {} refused: read-only opens of its lower file are passed through",
+                    node.st_ino
+                );
+                return err(libc::ETXTBSY);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let node = self.node(ino)?;
         if node.is_dir() {
@@ -223,15 +248,7 @@ impl Overlay {
         }
         if wants_write(flags) {
             self.check_writable()?;
-            if !self.cfg.read_only && pinned_to_lower(&node.io.lock()) {
-                // See `pinned_to_lower`: refused until those opens are closed, as writing
-                // to a running executable is.
-                log::debug!(
-                    "open for writing of {} refused: read-only opens of its lower file are passed through",
-                    node.st_ino
-                );
-                return err(libc::ETXTBSY);
-            }
+            self.wait_not_pinned(&node)?;
             let _g = self.tree.read();
             let data = if flags & libc::O_TRUNC != 0 {
                 Data::UpTo(0)
@@ -368,7 +385,10 @@ impl Overlay {
         }
         if io.pt_opens > 0 {
             let Some((b, b_upper)) = io.backing.clone() else {
-                log::error!("passthrough opens without a backing file on {}", h.node.st_ino);
+                log::error!(
+                    "passthrough opens without a backing file on {}",
+                    h.node.st_ino
+                );
                 return err(libc::EIO);
             };
             let direct_io = if allowed && b_upper == upper {
