@@ -99,9 +99,9 @@ fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
-/// How long an open for writing waits for the release of the last open passed through to
-/// the lower file before it is refused.
-const PINNED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long an open for writing waits for the opens passed through to the lower file to
+/// be closed before it is refused with ETXTBSY.
+pub const PINNED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A handle passed through to its lower file keeps that file after a copy-up (the kernel
 /// reads it anyway); it no longer counts as one to re-open on the copy.
@@ -218,27 +218,65 @@ impl Overlay {
         })
     }
 
-    /// Before an open for writing: refuse it while opens of `node` passed through to its
-    /// lower file are live (see [`pinned_to_lower`]), as writing to a running executable
-    /// is refused. The kernel lets go of the backing file when the last of them is closed
-    /// and sends the release in the background, so a release may still be on its way:
-    /// wait for it a little first.
-    fn wait_not_pinned(&self, node: &Node) -> Result<()> {
+    /// Whether an open of `ino` with `flags` has to wait (be answered later, see
+    /// [`Overlay::defer_open`]): an open for writing while opens passed through to the
+    /// lower file are live (see [`pinned_to_lower`]; the kernel also lets go of the backing
+    /// file before the daemon hears of the release), and then also a read-only open while
+    /// such an open for writing waits, so that readers coming and going cannot keep it
+    /// waiting forever.
+    pub fn open_must_wait(&self, ino: u64, flags: i32) -> bool {
         if self.cfg.read_only {
-            return Ok(());
+            return false;
         }
-        let deadline = std::time::Instant::now() + PINNED_WAIT;
-        while pinned_to_lower(&node.io.lock()) {
-            if std::time::Instant::now() >= deadline {
-                log::debug!(
-                    "open for writing of {} refused: read-only opens of its lower file are passed through",
-                    node.st_ino
-                );
-                return err(libc::ETXTBSY);
+        let Ok(node) = self.node(ino) else {
+            return false;
+        };
+        let io = node.io.lock();
+        pinned_to_lower(&io) && (wants_write(flags) || io.writers_waiting > 0)
+    }
+
+    /// Run `run` (which answers an open of `ino` with `flags`) once the opens of `ino`
+    /// passed through to its lower file are closed, or at `deadline` (from another thread),
+    /// whichever comes first; at once if there are none.
+    pub fn defer_open(
+        &self,
+        ino: u64,
+        flags: i32,
+        deadline: std::time::Instant,
+        run: Box<dyn FnOnce() + Send>,
+    ) {
+        let Ok(node) = self.node(ino) else {
+            return run();
+        };
+        let write = wants_write(flags);
+        let seq = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut io = node.io.lock();
+            if !pinned_to_lower(&io) {
+                drop(io);
+                return run();
             }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            io.writers_waiting += u32::from(write);
+            io.waiters.push(crate::inode::Waiter { seq, write, run });
         }
-        Ok(())
+        std::thread::spawn(move || {
+            std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+            let w = {
+                let mut io = node.io.lock();
+                let w = io
+                    .waiters
+                    .iter()
+                    .position(|w| w.seq == seq)
+                    .map(|i| io.waiters.remove(i));
+                if let Some(w) = &w {
+                    io.writers_waiting = io.writers_waiting.saturating_sub(u32::from(w.write));
+                }
+                w
+            };
+            if let Some(w) = w {
+                (w.run)();
+            }
+        });
     }
 
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
@@ -248,7 +286,14 @@ impl Overlay {
         }
         if wants_write(flags) {
             self.check_writable()?;
-            self.wait_not_pinned(&node)?;
+            if !self.cfg.read_only && pinned_to_lower(&node.io.lock()) {
+                // (The adapter makes such an open wait: see `open_must_wait`.)
+                log::debug!(
+                    "open for writing of {}: read-only opens of its lower file are passed through",
+                    node.st_ino
+                );
+                return err(libc::ETXTBSY);
+            }
             let _g = self.tree.read();
             let data = if flags & libc::O_TRUNC != 0 {
                 Data::UpTo(0)
@@ -334,6 +379,16 @@ impl Overlay {
                     }
                 }
                 IoMode::Cached => io.cached_opens = io.cached_opens.saturating_sub(1),
+            }
+            if !io.waiters.is_empty() && !pinned_to_lower(&io) {
+                // Answer the waiting opens, those for writing first.
+                let mut waiters = std::mem::take(&mut io.waiters);
+                io.writers_waiting = 0;
+                drop(io);
+                waiters.sort_by_key(|w| !w.write);
+                for w in waiters {
+                    (w.run)();
+                }
             }
         }
     }

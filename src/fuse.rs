@@ -20,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Fs {
     pub ov: Arc<Overlay>,
@@ -144,6 +144,55 @@ impl Fs {
                 log::debug!("{what}: {e}");
                 reply.error(errno(&e))
             }
+        }
+    }
+}
+
+/// Answer an open. One that has to wait (see [`Overlay::open_must_wait`]) is answered
+/// later, from the thread that releases the last open passed through to the lower file or
+/// at `deadline`, so no worker thread waits (the release has to get through).
+fn open_file(ov: &Arc<Overlay>, ino: u64, flags: i32, reply: ReplyOpen, deadline: Instant) {
+    let late = Instant::now() >= deadline;
+    let defer = |reply: ReplyOpen| {
+        let again = ov.clone();
+        ov.defer_open(
+            ino,
+            flags,
+            deadline,
+            Box::new(move || open_file(&again, ino, flags, reply, deadline)),
+        )
+    };
+    if !late && ov.open_must_wait(ino, flags) {
+        return defer(reply);
+    }
+    let fh = match ov.open(ino, flags) {
+        Ok(fh) => fh,
+        Err(e) if e.is(libc::ETXTBSY) && !late && ov.open_must_wait(ino, flags) => {
+            return defer(reply)
+        }
+        Err(e) => {
+            log::debug!("open: {e}");
+            return reply.error(errno(&e));
+        }
+    };
+    match ov.plan_io(fh, |fd| reply.open_backing(fd)) {
+        Ok(IoPlan::Passthrough { backing, direct_io }) => {
+            reply.opened_passthrough(FileHandle(fh), pt_flags(direct_io), &backing)
+        }
+        Ok(IoPlan::Cached { keep_cache }) => {
+            let flags = if keep_cache {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            reply.opened(FileHandle(fh), flags)
+        }
+        Err(e) => {
+            ov.release(fh);
+            if e.is(libc::ETXTBSY) && !late && ov.open_must_wait(ino, flags) {
+                return defer(reply);
+            }
+            reply.error(errno(&e))
         }
     }
 }
@@ -374,30 +423,8 @@ impl Filesystem for Fs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.ov.counters.requests.count(Op::Open);
-        let fh = match self.ov.open(ino.0, flags.0) {
-            Ok(fh) => fh,
-            Err(e) => {
-                log::debug!("open: {e}");
-                return reply.error(errno(&e));
-            }
-        };
-        match self.ov.plan_io(fh, |fd| reply.open_backing(fd)) {
-            Ok(IoPlan::Passthrough { backing, direct_io }) => {
-                reply.opened_passthrough(FileHandle(fh), pt_flags(direct_io), &backing)
-            }
-            Ok(IoPlan::Cached { keep_cache }) => {
-                let flags = if keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags)
-            }
-            Err(e) => {
-                self.ov.release(fh);
-                reply.error(errno(&e))
-            }
-        }
+        let deadline = std::time::Instant::now() + crate::file::PINNED_WAIT;
+        open_file(&self.ov, ino.0, flags.0, reply, deadline);
     }
 
     fn read(

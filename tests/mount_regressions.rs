@@ -460,9 +460,9 @@ fn request_count(pid: i32, log: &Path, what: &str) -> u64 {
 /// through to the lower file (its reads never reach the daemon). It keeps reading the
 /// lower file after a copy-up (the kernel overlay before 4.19). While it is open the kernel
 /// binds the inode to the lower file: a copy-up by path (truncate) still works, a new
-/// read-only open reads the copy (through the daemon), an open for writing gets ETXTBSY
-/// (never EIO). Once it is closed, writes work and new opens are passed through to the
-/// copy.
+/// read-only open reads the copy (through the daemon), an open for writing waits for it to
+/// be closed, and gets ETXTBSY (never EIO) if it is not closed within 2 s. Once it is
+/// closed, writes work and new opens are passed through to the copy.
 #[test]
 fn lower_passthrough_across_copy_up() {
     if !common::require_mount_privilege("lower_passthrough_across_copy_up") {
@@ -535,6 +535,20 @@ fn lower_passthrough_across_copy_up() {
     let r0 = reads();
     assert!(fs::read(&path).unwrap() == want);
     assert_eq!(reads(), r0, "an open of the copy is passed through");
+
+    // An open for writing made while such an open is live waits for it to be closed.
+    fs::write(s.lower(0).join("h"), "lower h\n").unwrap();
+    let reader = fs::File::open(m.path("h")).unwrap();
+    let hp = m.path("h");
+    let writer = std::thread::spawn(move || {
+        let mut f = fs::OpenOptions::new().append(true).open(&hp)?;
+        f.write_all(b"+w\n")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!writer.is_finished(), "the open for writing did not wait");
+    drop(reader);
+    writer.join().unwrap().unwrap();
+    assert_eq!(fs::read_to_string(m.path("h")).unwrap(), "lower h\n+w\n");
 
     // Removed while still open on the lower file after a copy-up: fstat still works.
     let old = fs::File::open(m.path("g")).unwrap();
