@@ -402,8 +402,8 @@ impl Overlay {
     /// whose data is still on a lower layer. Such an open keeps reading the lower file after
     /// a copy-up; until the last of them is closed, later read-only opens share its backing
     /// file with `FOPEN_DIRECT_IO` (reads served by the daemon from the copy, no page cache)
-    /// and opens for writing are refused (see [`Overlay::open`]). Once the last is closed,
-    /// new opens are passed through to the copy.
+    /// and opens for writing wait (see [`Overlay::open_must_wait`]). Once the last is
+    /// closed, new opens are passed through to the copy.
     pub fn plan_io(
         &self,
         fh: u64,
