@@ -112,6 +112,17 @@ fn stay_on_lower(f: &OpenFile, io: &mut IoState) {
     }
 }
 
+/// Answer a waiting open. An open for writing counts as waiting until it is answered, so
+/// that read-only opens meanwhile are not passed through to the lower file again (see
+/// [`Overlay::plan_io`]).
+fn run_waiter(node: &Node, w: crate::inode::Waiter) {
+    (w.run)();
+    if w.write {
+        let mut io = node.io.lock();
+        io.writers_waiting = io.writers_waiting.saturating_sub(1);
+    }
+}
+
 /// Count a page-cached open; its pages may be kept if no passthrough open came between.
 fn cached_plan(io: &mut IoState, mode: &mut IoMode) -> IoPlan {
     io.cached_opens += 1;
@@ -263,18 +274,11 @@ impl Overlay {
             std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
             let w = {
                 let mut io = node.io.lock();
-                let w = io
-                    .waiters
-                    .iter()
-                    .position(|w| w.seq == seq)
-                    .map(|i| io.waiters.remove(i));
-                if let Some(w) = &w {
-                    io.writers_waiting = io.writers_waiting.saturating_sub(u32::from(w.write));
-                }
-                w
+                let i = io.waiters.iter().position(|w| w.seq == seq);
+                i.map(|i| io.waiters.remove(i))
             };
             if let Some(w) = w {
-                (w.run)();
+                run_waiter(&node, w);
             }
         });
     }
@@ -383,11 +387,10 @@ impl Overlay {
             if !io.waiters.is_empty() && !pinned_to_lower(&io) {
                 // Answer the waiting opens, those for writing first.
                 let mut waiters = std::mem::take(&mut io.waiters);
-                io.writers_waiting = 0;
                 drop(io);
                 waiters.sort_by_key(|w| !w.write);
                 for w in waiters {
-                    (w.run)();
+                    run_waiter(&h.node, w);
                 }
             }
         }
@@ -432,9 +435,9 @@ impl Overlay {
             && read_only_open
             && single_link
             && !self.cfg.read_only;
-        let allowed = upper || self.cfg.read_only || lower_ok;
         let mut io = h.node.io.lock();
         let mut mode = h.mode.lock();
+        let allowed = upper || self.cfg.read_only || lower_ok;
         if !self.passthrough.load(Ordering::Relaxed) || io.cached_opens > 0 {
             return Ok(cached_plan(&mut io, &mut mode));
         }
@@ -467,7 +470,10 @@ impl Overlay {
                 direct_io,
             });
         }
-        if !allowed {
+        // A first open passed through to the lower file not while an open for writing
+        // waits for such opens to be closed: it would wait for this one too (page-cached
+        // instead; the writer's open then is too).
+        if !allowed || (lower_ok && io.writers_waiting > 0) {
             return Ok(cached_plan(&mut io, &mut mode));
         }
         match make_backing(&fd) {
