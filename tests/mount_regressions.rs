@@ -550,6 +550,19 @@ fn lower_passthrough_across_copy_up() {
     writer.join().unwrap().unwrap();
     assert_eq!(fs::read_to_string(m.path("h")).unwrap(), "lower h\n+w\n");
 
+    // The file removed while the open for writing waits: ENOENT once it gets its turn
+    // (was EEXIST: the copy-up met the whiteout in its place).
+    fs::write(s.lower(0).join("i"), "lower i\n").unwrap();
+    let reader = fs::File::open(m.path("i")).unwrap();
+    let ip = m.path("i");
+    let writer = std::thread::spawn(move || fs::OpenOptions::new().append(true).open(&ip));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs::remove_file(m.path("i")).unwrap();
+    drop(reader);
+    let e = writer.join().unwrap().unwrap_err();
+    assert_eq!(common::errno_of(&e), libc::ENOENT, "{e}");
+    assert!(!m.path("i").exists());
+
     // Removed while still open on the lower file after a copy-up: fstat still works.
     let old = fs::File::open(m.path("g")).unwrap();
     let c = std::ffi::CString::new(m.path("g").as_os_str().as_encoded_bytes()).unwrap();
