@@ -300,6 +300,14 @@ impl Overlay {
     pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<Attr> {
         let node = self.node(ino)?;
         if let Ok(h) = self.handle(fh) {
+            if h.reads_old_lower() {
+                // Still reading the lower file after a copy-up: the node's attributes.
+                let mut attr = self.attr_of(&node)?;
+                if node.s.lock().deleted {
+                    attr.st.nlink = 0;
+                }
+                return Ok(attr);
+            }
             if let Ok(fd) = self.file_fd(&h) {
                 let mut st = sys::fstat(fd.as_fd())?;
                 // The union's owner and mode, as for a lookup by name: override_stat of

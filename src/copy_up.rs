@@ -242,6 +242,11 @@ impl Overlay {
             if s.in_upper {
                 return Ok(());
             }
+            if s.deleted {
+                // A lower object removed from the union (its name holds a whiteout now),
+                // e.g. by an unlink while an open of it waited: nothing to copy it up to.
+                return err(libc::ENOENT);
+            }
             let p = s
                 .parent
                 .clone()

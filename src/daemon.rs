@@ -137,7 +137,9 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         ov: ov.clone(),
         ttl,
         acl: !opts.noacl,
-        passthrough: !opts.writeback && passthrough_permitted(),
+        passthrough: opts.passthrough != crate::options::Passthrough::Off
+            && !opts.writeback
+            && passthrough_permitted(),
     };
     sys::block_signals();
     let config = fuse_config(opts, ov.cfg.read_only);

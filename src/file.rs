@@ -20,13 +20,17 @@ pub enum HandleKind {
 
 /// The real file behind an open regular file. A handle opened (read-only) while its
 /// object was still only in a lower layer switches to the upper copy on first use after a
-/// copy-up, so it sees data written since, as the kernel overlay does (>= 4.19).
+/// copy-up, so it sees data written since, as the kernel overlay does (>= 4.19) — unless
+/// it is passed through to the lower file (`passthrough=all`): the kernel then reads the
+/// lower file for it, and the handle stays on that file too.
 pub struct OpenFile {
     fd: RwLock<Arc<OwnedFd>>,
     /// The open flags, to open the copy the same way.
     flags: i32,
     /// `fd` is the lower object (it may have been copied up since).
     on_lower: AtomicBool,
+    /// Passed through to the lower file: `fd` stays the lower file after a copy-up.
+    lower_pt: AtomicBool,
 }
 
 pub struct Handle {
@@ -49,10 +53,15 @@ pub enum IoPlan {
     /// Through the daemon; `keep_cache`: the kernel may keep the pages it has for this
     /// inode (only layerfs changes the layers and every change it makes goes through
     /// the kernel's page cache, except passthrough writes, after which it is dropped).
-    Cached {
-        keep_cache: bool,
+    Cached { keep_cache: bool },
+    /// FUSE passthrough to `backing`; with `direct_io` (an open made while the inode is
+    /// still passed through to its lower file, copied up since) the kernel sends reads and
+    /// writes to the daemon instead (which serves them from the copy) and maps the backing
+    /// file only for mmap.
+    Passthrough {
+        backing: Arc<fuser::BackingId>,
+        direct_io: bool,
     },
-    Passthrough(Arc<fuser::BackingId>),
 }
 
 impl Handle {
@@ -63,6 +72,21 @@ impl Handle {
             HandleKind::Dir(_) => err(libc::EISDIR),
         }
     }
+
+    /// The handle reads a lower file its node no longer takes its data from (passed
+    /// through to the lower file before a copy-up): its fd says nothing about the node's
+    /// attributes.
+    pub fn reads_old_lower(&self) -> bool {
+        matches!(&self.kind, HandleKind::File(f) if f.lower_pt.load(Ordering::Acquire))
+            && !data_on_lower(&self.node)
+    }
+}
+
+/// While an open of `node` is passed through to its lower file, the kernel requires every
+/// other open of the inode to pass through to that same file, and it opens the lower file
+/// with the new open's flags for mmap: a write open then cannot be served safely.
+fn pinned_to_lower(io: &IoState) -> bool {
+    io.pt_opens > 0 && matches!(io.backing, Some((_, false)))
 }
 
 /// The data of non-directory `node` is read from its lower layer (not copied up into the
@@ -74,6 +98,30 @@ pub(crate) fn data_on_lower(node: &Node) -> bool {
 
 fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// How long an open for writing waits for the opens passed through to the lower file to
+/// be closed before it is refused with ETXTBSY.
+pub const PINNED_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A handle passed through to its lower file keeps that file after a copy-up (the kernel
+/// reads it anyway); it no longer counts as one to re-open on the copy.
+fn stay_on_lower(f: &OpenFile, io: &mut IoState) {
+    f.lower_pt.store(true, Ordering::Release);
+    if f.on_lower.swap(false, Ordering::AcqRel) {
+        io.stale_opens = io.stale_opens.saturating_sub(1);
+    }
+}
+
+/// Answer a waiting open. An open for writing counts as waiting until it is answered, so
+/// that read-only opens meanwhile are not passed through to the lower file again (see
+/// [`Overlay::plan_io`]).
+fn run_waiter(node: &Node, w: crate::inode::Waiter) {
+    (w.run)();
+    if w.write {
+        let mut io = node.io.lock();
+        io.writers_waiting = io.writers_waiting.saturating_sub(1);
+    }
 }
 
 /// Count a page-cached open; its pages may be kept if no passthrough open came between.
@@ -108,9 +156,9 @@ impl Overlay {
 
     /// The real file of an open regular file now: a handle opened on the lower object
     /// that has been copied up since (into the upper or the hard-link index) is re-opened
-    /// on the copy first. Such a handle is always page-cached (passthrough is never used
-    /// for lower files of a writable mount), and the kernel keeps no stale pages of it:
-    /// every change of the data went through this inode, and opens do not keep the cache.
+    /// on the copy first, unless it was passed through to the lower file. Such a handle is
+    /// page-cached, and the kernel keeps no stale pages of it: every change of the data
+    /// went through this inode, and opens do not keep the cache.
     pub fn file_fd(&self, h: &Handle) -> Result<Arc<OwnedFd>> {
         let HandleKind::File(f) = &h.kind else {
             return err(libc::EISDIR);
@@ -157,6 +205,7 @@ impl Overlay {
             fd: RwLock::new(Arc::new(fd)),
             flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
             on_lower: AtomicBool::new(on_lower),
+            lower_pt: AtomicBool::new(false),
         };
         self.add_handle(node, HandleKind::File(f))
     }
@@ -181,6 +230,60 @@ impl Overlay {
         })
     }
 
+    /// Whether an open of `ino` with `flags` has to wait (be answered later, see
+    /// [`Overlay::defer_open`]): an open for writing while opens passed through to the
+    /// lower file are live (see [`pinned_to_lower`]; the kernel also lets go of the backing
+    /// file before the daemon hears of the release), and then also a read-only open while
+    /// such an open for writing waits, so that readers coming and going cannot keep it
+    /// waiting forever.
+    pub fn open_must_wait(&self, ino: u64, flags: i32) -> bool {
+        if self.cfg.read_only {
+            return false;
+        }
+        let Ok(node) = self.node(ino) else {
+            return false;
+        };
+        let io = node.io.lock();
+        pinned_to_lower(&io) && (wants_write(flags) || io.writers_waiting > 0)
+    }
+
+    /// Run `run` (which answers an open of `ino` with `flags`) once the opens of `ino`
+    /// passed through to its lower file are closed, or at `deadline` (from another thread),
+    /// whichever comes first; at once if there are none.
+    pub fn defer_open(
+        &self,
+        ino: u64,
+        flags: i32,
+        deadline: std::time::Instant,
+        run: Box<dyn FnOnce() + Send>,
+    ) {
+        let Ok(node) = self.node(ino) else {
+            return run();
+        };
+        let write = wants_write(flags);
+        let seq = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut io = node.io.lock();
+            if !pinned_to_lower(&io) {
+                drop(io);
+                return run();
+            }
+            io.writers_waiting += u32::from(write);
+            io.waiters.push(crate::inode::Waiter { seq, write, run });
+        }
+        std::thread::spawn(move || {
+            std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+            let w = {
+                let mut io = node.io.lock();
+                let i = io.waiters.iter().position(|w| w.seq == seq);
+                i.map(|i| io.waiters.remove(i))
+            };
+            if let Some(w) = w {
+                run_waiter(&node, w);
+            }
+        });
+    }
+
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         self.open_as(ino, flags, None)
     }
@@ -195,6 +298,14 @@ impl Overlay {
         }
         if wants_write(flags) {
             self.check_writable()?;
+            if !self.cfg.read_only && pinned_to_lower(&node.io.lock()) {
+                // (The adapter makes such an open wait: see `open_must_wait`.)
+                log::debug!(
+                    "open for writing of {}: read-only opens of its lower file are passed through",
+                    node.st_ino
+                );
+                return err(libc::ETXTBSY);
+            }
             let _g = self.tree.read();
             let data = if flags & libc::O_TRUNC != 0 {
                 Data::UpTo(0)
@@ -294,43 +405,97 @@ impl Overlay {
                 }
                 IoMode::Cached => io.cached_opens = io.cached_opens.saturating_sub(1),
             }
+            if !io.waiters.is_empty() && !pinned_to_lower(&io) {
+                // Answer the waiting opens, those for writing first.
+                let mut waiters = std::mem::take(&mut io.waiters);
+                drop(io);
+                waiters.sort_by_key(|w| !w.write);
+                for w in waiters {
+                    run_waiter(&h.node, w);
+                }
+            }
         }
     }
 
     /// Decide how open file `fh` does I/O, registering a passthrough backing file through
     /// `make_backing` when that is possible and allowed by the inode's other opens.
+    ///
+    /// The kernel allows one backing file per inode while any passthrough open of it is
+    /// live, and no page-cached open meanwhile. Upper files, and every file of a read-only
+    /// mount, are passed through; with `passthrough=all` so are read-only opens of a file
+    /// whose data is still on a lower layer. Such an open keeps reading the lower file after
+    /// a copy-up; until the last of them is closed, later read-only opens share its backing
+    /// file with `FOPEN_DIRECT_IO` (reads served by the daemon from the copy, no page cache)
+    /// and opens for writing wait (see [`Overlay::open_must_wait`]). Once the last is
+    /// closed, new opens are passed through to the copy.
     pub fn plan_io(
         &self,
         fh: u64,
         make_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> Result<IoPlan> {
         let h = self.handle(fh)?;
-        let fd = self.file_fd(&h)?;
-        let upper = h.node.s.lock().in_upper;
+        let HandleKind::File(f) = &h.kind else {
+            return err(libc::EISDIR);
+        };
+        // The fd matching the node's state (a copy-up is one-way: at most one retry).
+        let (fd, lower) = loop {
+            let before = data_on_lower(&h.node);
+            let fd = self.file_fd(&h)?;
+            if data_on_lower(&h.node) == before {
+                break (fd, before);
+            }
+        };
+        let (upper, single_link) = {
+            let s = h.node.s.lock();
+            (s.in_upper, s.lower.as_ref().is_none_or(|l| l.nlink <= 1))
+        };
+        let read_only_open = f.flags & libc::O_ACCMODE == libc::O_RDONLY;
+        // Lower hard links (the index) are left to the daemon, as before.
+        let lower_ok = lower
+            && self.cfg.lower_passthrough
+            && read_only_open
+            && single_link
+            && !self.cfg.read_only;
         let mut io = h.node.io.lock();
         let mut mode = h.mode.lock();
-        // A backing file on a lower layer of a writable mount is never registered: while it
-        // is live the kernel would demand that a later write-open pass through to the same
-        // (lower!) file. Upper files and read-only mounts cannot hit that.
-        let allowed = upper || self.cfg.read_only;
-        if !self.passthrough.load(Ordering::Relaxed) || !allowed || io.cached_opens > 0 {
+        let allowed = upper || self.cfg.read_only || lower_ok;
+        if !self.passthrough.load(Ordering::Relaxed) || io.cached_opens > 0 {
             return Ok(cached_plan(&mut io, &mut mode));
         }
         if io.pt_opens > 0 {
-            let same = io
-                .backing
-                .as_ref()
-                .filter(|(_, u)| *u == upper)
-                .map(|(b, _)| b.clone());
-            if let Some(b) = same {
-                io.pt_opens += 1;
-                *mode = IoMode::Passthrough;
-                return Ok(IoPlan::Passthrough(b));
+            let Some((b, b_upper)) = io.backing.clone() else {
+                log::error!(
+                    "passthrough opens without a backing file on {}",
+                    h.node.st_ino
+                );
+                return err(libc::EIO);
+            };
+            let direct_io = if allowed && b_upper == upper {
+                false
+            } else if !b_upper && !lower && !self.cfg.read_only && read_only_open {
+                // Copied up while opens passed through to the lower file are live.
+                true
+            } else {
+                // A write open racing with the first lower passthrough open (refused
+                // before its copy-up otherwise): the kernel would fail it with EIO.
+                log::debug!("passthrough backing mismatch on inode {}", h.node.st_ino);
+                return err(libc::ETXTBSY);
+            };
+            io.pt_opens += 1;
+            *mode = IoMode::Passthrough;
+            if lower_ok {
+                stay_on_lower(f, &mut io);
             }
-            // Cannot happen with the rule above (an upper object never goes back to a
-            // lower); refuse rather than let the kernel mix backing files.
-            log::error!("passthrough backing mismatch on inode {}", h.node.st_ino);
-            return err(libc::ETXTBSY);
+            return Ok(IoPlan::Passthrough {
+                backing: b,
+                direct_io,
+            });
+        }
+        // A first open passed through to the lower file not while an open for writing
+        // waits for such opens to be closed: it would wait for this one too (page-cached
+        // instead; the writer's open then is too).
+        if !allowed || (lower_ok && io.writers_waiting > 0) {
+            return Ok(cached_plan(&mut io, &mut mode));
         }
         match make_backing(&fd) {
             Ok(b) => {
@@ -339,7 +504,13 @@ impl Overlay {
                 io.pt_opens = 1;
                 io.cache_valid = false;
                 *mode = IoMode::Passthrough;
-                Ok(IoPlan::Passthrough(b))
+                if lower_ok {
+                    stay_on_lower(f, &mut io);
+                }
+                Ok(IoPlan::Passthrough {
+                    backing: b,
+                    direct_io: false,
+                })
             }
             Err(e) => {
                 if e.raw_os_error() == Some(libc::EPERM) {

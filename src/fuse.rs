@@ -20,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub struct Fs {
     pub ov: Arc<Overlay>,
@@ -146,6 +146,71 @@ impl Fs {
                 reply.error(errno(&e))
             }
         }
+    }
+}
+
+/// Answer an open. One that has to wait (see [`Overlay::open_must_wait`]) is answered
+/// later, from the thread that releases the last open passed through to the lower file or
+/// at `deadline`, so no worker thread waits (the release has to get through).
+fn open_file(
+    ov: &Arc<Overlay>,
+    ino: u64,
+    flags: i32,
+    who: Caller,
+    reply: ReplyOpen,
+    deadline: Instant,
+) {
+    let late = Instant::now() >= deadline;
+    let defer = |reply: ReplyOpen| {
+        let again = ov.clone();
+        ov.defer_open(
+            ino,
+            flags,
+            deadline,
+            Box::new(move || open_file(&again, ino, flags, who, reply, deadline)),
+        )
+    };
+    if !late && ov.open_must_wait(ino, flags) {
+        return defer(reply);
+    }
+    let fh = match ov.open_as(ino, flags, Some(&who)) {
+        Ok(fh) => fh,
+        Err(e) if e.is(libc::ETXTBSY) && !late && ov.open_must_wait(ino, flags) => {
+            return defer(reply)
+        }
+        Err(e) => {
+            log::debug!("open: {e}");
+            return reply.error(errno(&e));
+        }
+    };
+    match ov.plan_io(fh, |fd| reply.open_backing(fd)) {
+        Ok(IoPlan::Passthrough { backing, direct_io }) => {
+            reply.opened_passthrough(FileHandle(fh), pt_flags(direct_io), &backing)
+        }
+        Ok(IoPlan::Cached { keep_cache }) => {
+            let flags = if keep_cache {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            reply.opened(FileHandle(fh), flags)
+        }
+        Err(e) => {
+            ov.release(fh);
+            if e.is(libc::ETXTBSY) && !late && ov.open_must_wait(ino, flags) {
+                return defer(reply);
+            }
+            reply.error(errno(&e))
+        }
+    }
+}
+
+/// Open flags besides FOPEN_PASSTHROUGH (which fuser adds) for a passthrough open.
+fn pt_flags(direct_io: bool) -> FopenFlags {
+    if direct_io {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
     }
 }
 
@@ -372,30 +437,8 @@ impl Filesystem for Fs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.ov.counters.requests.count(Op::Open);
-        let fh = match self.ov.open_as(ino.0, flags.0, Some(&caller(req))) {
-            Ok(fh) => fh,
-            Err(e) => {
-                log::debug!("open: {e}");
-                return reply.error(errno(&e));
-            }
-        };
-        match self.ov.plan_io(fh, |fd| reply.open_backing(fd)) {
-            Ok(IoPlan::Passthrough(b)) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
-            }
-            Ok(IoPlan::Cached { keep_cache }) => {
-                let flags = if keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags)
-            }
-            Err(e) => {
-                self.ov.release(fh);
-                reply.error(errno(&e))
-            }
-        }
+        let deadline = std::time::Instant::now() + crate::file::PINNED_WAIT;
+        open_file(&self.ov, ino.0, flags.0, caller(req), reply, deadline);
     }
 
     fn read(
@@ -679,13 +722,13 @@ impl Filesystem for Fs {
                 // The same I/O-mode bookkeeping as open: the kernel fails a later open of
                 // the file with EIO if it is told passthrough while this one is cached.
                 match self.ov.plan_io(fh, |fd| reply.open_backing(fd)) {
-                    Ok(IoPlan::Passthrough(b)) => reply.created_passthrough(
+                    Ok(IoPlan::Passthrough { backing, direct_io }) => reply.created_passthrough(
                         &self.ttl,
                         &fa,
                         generation,
                         FileHandle(fh),
-                        FopenFlags::empty(),
-                        &b,
+                        pt_flags(direct_io),
+                        &backing,
                     ),
                     Ok(IoPlan::Cached { .. }) => reply.created(
                         &self.ttl,

@@ -133,6 +133,24 @@ pub struct IoState {
     pub cache_valid: bool,
     /// Open handles still on the lower file (opened before a copy-up, not used since).
     pub stale_opens: u32,
+    /// Opens waiting for the opens passed through to the lower file to be closed, and how
+    /// many of them are for writing (see `Overlay::open_must_wait`).
+    pub waiters: Vec<Waiter>,
+    pub writers_waiting: u32,
+}
+
+/// An open answered later: `run` answers it (once the inode no longer has opens passed
+/// through to its lower file, or at its deadline).
+pub struct Waiter {
+    pub seq: u64,
+    pub write: bool,
+    pub run: Box<dyn FnOnce() + Send>,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Waiter({}, write {})", self.seq, self.write)
+    }
 }
 
 impl Node {

@@ -51,6 +51,8 @@ pub struct Options {
     /// Entry/attr timeout in seconds (`timeout=`), None = default.
     pub timeout: Option<f64>,
     pub writeback: bool,
+    /// `passthrough=all|upper|off`: which files FUSE passthrough may be used for.
+    pub passthrough: Passthrough,
     pub fast_ino: bool,
     pub noxattrs: bool,
     /// `xattr_permissions=0|1|2`.
@@ -99,6 +101,7 @@ impl Default for Options {
             threads: 0,
             timeout: None,
             writeback: false,
+            passthrough: Passthrough::Upper,
             fast_ino: false,
             noxattrs: false,
             xattr_permissions: 0,
@@ -118,6 +121,20 @@ impl Default for Options {
             warnings: Vec::new(),
         }
     }
+}
+
+/// Which regular files FUSE passthrough (where the kernel and privileges allow it) is used
+/// for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Upper files, and lower files opened read-only (such an open keeps reading the lower
+    /// file after a copy-up, as the kernel overlay before 4.19 did).
+    All,
+    /// Upper files (and every file of a read-only mount) only: lower files of a writable
+    /// mount go through the daemon, and an fd opened before a copy-up reads the copy.
+    Upper,
+    /// Never: all file I/O goes through the daemon.
+    Off,
 }
 
 impl Options {
@@ -182,6 +199,8 @@ pub fn help_text() -> &'static str {
         "    threaded=N, threads=N    number of FUSE worker threads (0 = default)\n",
         "    timeout=SECS             entry/attribute cache timeout in seconds (fractional allowed)\n",
         "    writeback=0|1            enable the kernel writeback cache\n",
+        "    passthrough=all|upper|off  FUSE passthrough for upper and read-only-opened lower\n",
+        "                             files / upper files only / never (default upper)\n",
         "    fast_ino[=0|1]           faster, less stable inode numbers\n",
         "    noxattrs[=0|1]           disable extended attributes\n",
         "    plugins=...              not supported; ignored with a warning\n",
@@ -553,6 +572,15 @@ fn apply_option(opts: &mut Options, opt: &[u8]) -> Result<(), String> {
             opts.timeout = Some(t);
         }
         "writeback" => opts.writeback = parse_bool(name, value)?,
+        "passthrough" => {
+            let v = need(name, value)?;
+            opts.passthrough = match v {
+                b"all" => Passthrough::All,
+                b"upper" => Passthrough::Upper,
+                b"off" => Passthrough::Off,
+                _ => return Err(invalid(name, v, "all, upper or off")),
+            };
+        }
         "fast_ino" => opts.fast_ino = parse_bool(name, value)?,
         "noxattrs" => opts.noxattrs = parse_bool(name, value)?,
         "plugins" => opts.warnings.push(format!(
@@ -997,6 +1025,7 @@ mod tests {
             "threaded",
             "timeout",
             "writeback",
+            "passthrough",
             "fast_ino",
             "noxattrs",
             "plugins",
@@ -1071,6 +1100,15 @@ mod tests {
         assert!(o.noexec && o.noatime && o.ro);
         let o = mount(&["-o", "lowerdir=/l,fast_ino=0,noxattrs=0,writeback=0", "/m"]);
         assert!(!o.fast_ino && !o.noxattrs && !o.writeback);
+        assert_eq!(o.passthrough, Passthrough::Upper);
+        for (v, want) in [
+            ("all", Passthrough::All),
+            ("upper", Passthrough::Upper),
+            ("off", Passthrough::Off),
+        ] {
+            let o = mount(&["-o", &format!("lowerdir=/l,passthrough={v}"), "/m"]);
+            assert_eq!(o.passthrough, want);
+        }
         let o = mount(&["-o", "lowerdir=/l,threaded=3,timeout=0", "/m"]);
         assert_eq!(o.threads, 3);
         assert_eq!(o.timeout, Some(0.0));
@@ -1099,6 +1137,10 @@ mod tests {
             (
                 "writeback=x",
                 "writeback: invalid value 'x' (expected 0 or 1)",
+            ),
+            (
+                "passthrough=lower",
+                "passthrough: invalid value 'lower' (expected all, upper or off)",
             ),
             (
                 "fast_ino=2",

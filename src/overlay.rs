@@ -32,6 +32,9 @@ pub struct Config {
     pub read_only: bool,
     /// chown new objects to the caller (the daemon can change owners).
     pub chown_new: bool,
+    /// `passthrough=all`: read-only opens of lower files of a writable mount may be passed
+    /// through to the lower file.
+    pub lower_passthrough: bool,
 }
 
 /// Counters for SIGUSR1 dumps and tests.
@@ -146,6 +149,7 @@ impl Overlay {
                 noxattrs: opts.noxattrs,
                 read_only,
                 chown_new: euid == 0,
+                lower_passthrough: opts.passthrough == crate::options::Passthrough::All,
             },
             xattr_ns: XattrNs::User,
             chardev_whiteouts: AtomicBool::new(true),

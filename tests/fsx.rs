@@ -2,10 +2,13 @@
 //! fallocate on one file through the mount, verified against an in-memory copy after
 //! every operation (size and every byte, through the read-write and the read-only open).
 //!
-//! Four configurations: a lower-backed file (read first through a read-only open, then the
-//! first write opens it read-write, which copies it up, and the old read-only open keeps
-//! being used) and an upper file, each with FUSE passthrough (the default as root; the
-//! daemon's log must say it is enabled) and without it (`writeback=1` turns it off).
+//! Configurations: a lower-backed file (read first through a read-only open, then the
+//! first write opens it read-write, which copies it up) and an upper file, each with FUSE
+//! passthrough (the default as root; the daemon's log must say it is enabled) and without
+//! it (`writeback=1` turns it off). With `passthrough=all` the read-only open of the lower
+//! file is passed through to the lower file and closed before the first write (a fresh one
+//! is used after it); with the default `passthrough=upper` it is page-cached, and replaced
+//! by a fresh one after the copy-up (fsx_read_only_open_follows_copy_up keeps it).
 //! At the end the upper file on disk and a remount show the same bytes, and the lower file
 //! is unchanged.
 //!
@@ -37,6 +40,9 @@ struct Fsx {
     fallocate_ok: bool,
     /// Keep reading through the read-only open made before the copy-up.
     keep_old_ro: bool,
+    /// The read-only open of the lower file is passed through to it (`passthrough=all`):
+    /// it is closed before the first open for writing, which it would make fail.
+    lower_pt: bool,
 }
 
 impl Fsx {
@@ -57,6 +63,12 @@ impl Fsx {
 
     fn rw(&mut self) -> &fs::File {
         if self.rw.is_none() {
+            let had_ro = self.ro.is_some();
+            if self.lower_pt && had_ro {
+                self.log
+                    .push("close O_RDONLY (passed through to the lower file)".into());
+                self.ro = None;
+            }
             self.log
                 .push("open O_RDWR (copy-up of a lower file)".into());
             match fs::OpenOptions::new()
@@ -67,9 +79,9 @@ impl Fsx {
                 Ok(f) => self.rw = Some(f),
                 Err(e) => self.fail(format!("open O_RDWR: {e}")),
             }
-            if !self.keep_old_ro && self.ro.is_some() {
-                // The read-only open from before the copy-up still reads the lower file
-                // (see fsx_read_only_open_follows_copy_up): use a fresh one.
+            if !self.keep_old_ro && had_ro {
+                // The read-only open from before the copy-up may still read the lower
+                // file (see fsx_read_only_open_follows_copy_up): use a fresh one.
                 self.log.push("reopen O_RDONLY".into());
                 self.ro = Some(fs::File::open(&self.path).unwrap());
             }
@@ -95,7 +107,12 @@ impl Fsx {
 
     fn step(&mut self) {
         let size = self.model.len() as u64;
-        let op = self.rng.below(if self.rw.is_none() { 14 } else { 10 });
+        let op = if self.lower_pt && self.rw.is_none() && self.log.len() < 50 {
+            // Reads and mapped reads through the open passed through to the lower file.
+            self.rng.below(3)
+        } else {
+            self.rng.below(if self.rw.is_none() { 14 } else { 10 })
+        };
         match op {
             0 | 1 => {
                 let (off, len) = self.range(size + 100);
@@ -322,7 +339,17 @@ fn mmap_write(f: &fs::File, size: u64, off: u64, data: &[u8], sync: bool) -> std
     Ok(())
 }
 
-fn run_fsx(name: &str, lower_backed: bool, passthrough: bool, keep_old_ro: bool) {
+/// FUSE passthrough in a configuration: `passthrough=all`, `passthrough=upper` (the default),
+/// or none (`writeback=1` turns it off).
+#[derive(Clone, Copy, PartialEq)]
+enum Pt {
+    All,
+    Upper,
+    Off,
+}
+
+fn run_fsx(name: &str, lower_backed: bool, pt: Pt, keep_old_ro: bool) {
+    let passthrough = pt != Pt::Off;
     if !common::require_mount_privilege(name) {
         return;
     }
@@ -339,8 +366,10 @@ fn run_fsx(name: &str, lower_backed: bool, passthrough: bool, keep_old_ro: bool)
         fs::write(s.upper().join("file"), &initial).unwrap();
     }
     let mut opts = common::layer_opts(std::slice::from_ref(&l0), Some(&s.upper()), Some(&s.work()));
-    if !passthrough {
-        opts.push_str(",writeback=1");
+    match pt {
+        Pt::All => opts.push_str(",passthrough=all"),
+        Pt::Upper => {}
+        Pt::Off => opts.push_str(",writeback=1"),
     }
     let m = FgMount::start(&opts, &s.mnt(), &s.path().join("daemon.log"), "info");
     let path = s.mnt().join("file");
@@ -356,6 +385,7 @@ fn run_fsx(name: &str, lower_backed: bool, passthrough: bool, keep_old_ro: bool)
         name: name.into(),
         fallocate_ok: true,
         keep_old_ro,
+        lower_pt: lower_backed && pt == Pt::All,
     };
     if !lower_backed {
         fsx.rw();
@@ -406,30 +436,42 @@ fn run_fsx(name: &str, lower_backed: bool, passthrough: bool, keep_old_ro: bool)
 
 #[test]
 fn fsx_lower_backed_passthrough() {
-    run_fsx("fsx_lower_backed_passthrough", true, true, false);
+    run_fsx("fsx_lower_backed_passthrough", true, Pt::All, false);
+}
+
+#[test]
+fn fsx_lower_backed_upper_passthrough() {
+    run_fsx("fsx_lower_backed_upper_passthrough", true, Pt::Upper, false);
 }
 
 #[test]
 fn fsx_upper_passthrough() {
-    run_fsx("fsx_upper_passthrough", false, true, false);
+    run_fsx("fsx_upper_passthrough", false, Pt::All, false);
 }
 
 #[test]
 fn fsx_lower_backed_no_passthrough() {
-    run_fsx("fsx_lower_backed_no_passthrough", true, false, false);
+    run_fsx("fsx_lower_backed_no_passthrough", true, Pt::Off, false);
 }
 
 #[test]
 fn fsx_upper_no_passthrough() {
-    run_fsx("fsx_upper_no_passthrough", false, false, false);
+    run_fsx("fsx_upper_no_passthrough", false, Pt::Off, false);
 }
 
 /// The kernel overlay (since 4.19) makes a file opened read-only before its copy-up read the
-/// copied-up data afterwards; so does layerfs (the handle re-opens the copy on first use
-/// after the copy-up). Minimal case: open O_RDONLY, open O_RDWR (copy-up), pwrite, pread
-/// through the first open, then random ops through both opens.
+/// copied-up data afterwards; so does layerfs without passthrough and with
+/// `passthrough=upper` (the handle re-opens the copy on first use after the copy-up; with
+/// `passthrough=all` such an open reads the lower file, see tests/mount_regressions.rs
+/// lower_passthrough_across_copy_up). Minimal case: open O_RDONLY, open O_RDWR (copy-up),
+/// pwrite, pread through the first open, then random ops through both opens.
 #[test]
 fn fsx_read_only_open_follows_copy_up() {
-    run_fsx("fsx_read_only_open_follows_copy_up", true, false, true);
-    run_fsx("fsx_read_only_open_follows_copy_up_pt", true, true, true);
+    run_fsx("fsx_read_only_open_follows_copy_up", true, Pt::Off, true);
+    run_fsx(
+        "fsx_read_only_open_follows_copy_up_pt",
+        true,
+        Pt::Upper,
+        true,
+    );
 }

@@ -422,11 +422,166 @@ fn read_only_mount_refuses_writes() {
 /// An fd opened read-only on a lower file before a copy-up reads the upper copy after it
 /// (the kernel overlay >= 4.19): through the page cache, through the daemon once the
 /// cached pages are dropped, by fstat, and through a mapping made after the copy-up.
+/// That is layerfs's behaviour by default (`passthrough=upper`), with `passthrough=off` and
+/// without passthrough (as in a user namespace); `passthrough=all`:
+/// lower_passthrough_across_copy_up.
 #[test]
 fn fd_opened_before_copy_up_reads_the_copy() {
     if !common::require_mount_privilege("fd_opened_before_copy_up_reads_the_copy") {
         return;
     }
+    for opts in ["", "passthrough=upper", "passthrough=off"] {
+        eprintln!("fd_opened_before_copy_up_reads_the_copy: {opts}");
+        old_fd_reads_the_copy(opts);
+    }
+}
+
+/// The daemon's count of FUSE requests of type `what` (SIGUSR1 counters in `log`).
+fn request_count(pid: i32, log: &Path, what: &str) -> u64 {
+    let before = fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("counters:")
+        .count();
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line = loop {
+        let t = fs::read_to_string(log).unwrap_or_default();
+        if let Some(l) = t.lines().filter(|l| l.contains("counters:")).nth(before) {
+            break l.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no counters: {t}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{what}=")))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// `passthrough=all` (opt-in; as root): a read-only open of a lower file is passed
+/// through to the lower file (its reads never reach the daemon). It keeps reading the
+/// lower file after a copy-up (the kernel overlay before 4.19). While it is open the kernel
+/// binds the inode to the lower file: a copy-up by path (truncate) still works, a new
+/// read-only open reads the copy (through the daemon), an open for writing waits for it to
+/// be closed, and gets ETXTBSY (never EIO) if it is not closed within 2 s. Once it is
+/// closed, writes work and new opens are passed through to the copy.
+#[test]
+fn lower_passthrough_across_copy_up() {
+    if !common::require_mount_privilege("lower_passthrough_across_copy_up") {
+        return;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let s = Scratch::new();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(s.lower(0).join("f"), &data).unwrap();
+    fs::write(s.lower(0).join("g"), "lower g\n").unwrap();
+    let log = s.path().join("daemon.log");
+    let m = s.mount(1, &format!("passthrough=all,log={}", log.display()));
+    let pids = common::daemon_pids(&m.mnt);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let reads = || request_count(pids[0], &log, "read");
+    let path = m.path("f");
+    let old = fs::File::open(&path).unwrap();
+    let mut buf = vec![0u8; data.len() + 10];
+    assert_eq!(old.read_at(&mut buf, 0).unwrap(), data.len());
+    assert!(buf[..data.len()] == data[..]);
+    assert_eq!(
+        reads(),
+        0,
+        "a read-only open of a lower file is passed through"
+    );
+
+    // Writing is refused while `old` is open, with ETXTBSY.
+    for trunc in [false, true] {
+        let e = fs::OpenOptions::new()
+            .write(true)
+            .truncate(trunc)
+            .open(&path)
+            .unwrap_err();
+        assert_eq!(common::errno_of(&e), libc::ETXTBSY, "O_TRUNC {trunc}: {e}");
+    }
+    assert!(!s.upper().join("f").exists());
+    // A copy-up by path works; a new open reads the copy, through the daemon.
+    let cut = 100_000usize;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), cut as i64) }, 0);
+    assert!(fs::read(s.upper().join("f")).unwrap() == data[..cut]);
+    let r0 = reads();
+    let new = fs::File::open(&path).unwrap();
+    assert_eq!(new.read_at(&mut buf, 0).unwrap(), cut, "new fd");
+    assert!(buf[..cut] == data[..cut]);
+    assert!(reads() > r0, "the new open's reads go to the daemon");
+    assert_eq!(new.metadata().unwrap().len(), cut as u64);
+    // The old fd still reads the lower file, but fstat shows the file as it is now.
+    assert_eq!(old.read_at(&mut buf, 0).unwrap(), data.len(), "old fd");
+    assert!(buf[..data.len()] == data[..]);
+    assert_eq!(
+        old.metadata().unwrap().len(),
+        cut as u64,
+        "fstat of the old fd"
+    );
+    drop(new);
+    drop(old);
+
+    // All closed: writing works, and a new open is passed through to the copy.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"+new")
+        .unwrap();
+    let mut want = data[..cut].to_vec();
+    want.extend_from_slice(b"+new");
+    assert!(fs::read(s.upper().join("f")).unwrap() == want);
+    let r0 = reads();
+    assert!(fs::read(&path).unwrap() == want);
+    assert_eq!(reads(), r0, "an open of the copy is passed through");
+
+    // An open for writing made while such an open is live waits for it to be closed.
+    fs::write(s.lower(0).join("h"), "lower h\n").unwrap();
+    let reader = fs::File::open(m.path("h")).unwrap();
+    let hp = m.path("h");
+    let writer = std::thread::spawn(move || {
+        let mut f = fs::OpenOptions::new().append(true).open(&hp)?;
+        f.write_all(b"+w\n")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!writer.is_finished(), "the open for writing did not wait");
+    drop(reader);
+    writer.join().unwrap().unwrap();
+    assert_eq!(fs::read_to_string(m.path("h")).unwrap(), "lower h\n+w\n");
+
+    // The file removed while the open for writing waits: ENOENT once it gets its turn
+    // (was EEXIST: the copy-up met the whiteout in its place).
+    fs::write(s.lower(0).join("i"), "lower i\n").unwrap();
+    let reader = fs::File::open(m.path("i")).unwrap();
+    let ip = m.path("i");
+    let writer = std::thread::spawn(move || fs::OpenOptions::new().append(true).open(&ip));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs::remove_file(m.path("i")).unwrap();
+    drop(reader);
+    let e = writer.join().unwrap().unwrap_err();
+    assert_eq!(common::errno_of(&e), libc::ENOENT, "{e}");
+    assert!(!m.path("i").exists());
+
+    // Removed while still open on the lower file after a copy-up: fstat still works.
+    let old = fs::File::open(m.path("g")).unwrap();
+    let c = std::ffi::CString::new(m.path("g").as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), 3) }, 0);
+    fs::remove_file(m.path("g")).unwrap();
+    let st = old.metadata().unwrap();
+    assert_eq!((st.len(), st.nlink()), (3, 0));
+    assert_eq!(old.read_at(&mut buf, 0).unwrap(), 8);
+    drop(old);
+    drop(m);
+    assert_eq!(
+        fs::read(s.lower(0).join("f")).unwrap(),
+        data,
+        "lower file changed"
+    );
+}
+
+fn old_fd_reads_the_copy(opts: &str) {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     let s = Scratch::new();
@@ -435,7 +590,7 @@ fn fd_opened_before_copy_up_reads_the_copy() {
         fs::write(s.lower(0).join(name), "lower\n").unwrap();
     }
     fs::write(s.lower(0).join("other"), "other\n").unwrap();
-    let m = s.mount(1, "");
+    let m = s.mount(1, opts);
     let mut old = fs::File::open(m.path("f")).unwrap();
     let mut before = String::new();
     old.read_to_string(&mut before).unwrap();

@@ -162,7 +162,10 @@ fn opener(root: PathBuf, i: usize, k: usize, opened: Arc<Barrier>) -> (Log, Vec<
 
 /// The concurrency test body.
 pub fn run() -> Result<(), String> {
-    let mut r = Runner::new(Variants { wh: false });
+    let mut r = Runner::new(Variants {
+        wh: false,
+        strict_old_fd: false,
+    });
     r.start()?;
     let lroot = r.sides[1].mnt.clone();
     let (tx, rx) = mpsc::channel::<(String, (Log, Vec<String>))>();

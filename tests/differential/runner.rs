@@ -24,6 +24,8 @@ pub struct Side {
     pub mnt: PathBuf,
     mount: Option<Mount>,
     pub snap: Snapshot,
+    /// layerfs's extra mount options.
+    opts: &'static str,
 }
 
 impl Side {
@@ -37,7 +39,7 @@ impl Side {
                 Some(&self.upper),
                 Some(&self.work),
                 &self.mnt,
-                "",
+                self.opts,
             )
         });
     }
@@ -51,6 +53,9 @@ impl Side {
 pub struct Variants {
     /// layerfs on the `.wh.`-format copy of the layers
     pub wh: bool,
+    /// `passthrough=upper` (the default) instead of `passthrough=all`, which every other
+    /// sequence runs to cover it (see ALLOWED_DIFFERENCES "fd opened before a copy-up").
+    pub strict_old_fd: bool,
 }
 
 pub struct Runner {
@@ -90,6 +95,11 @@ impl Runner {
                 mnt: mkdirs(&d.join("mnt")),
                 mount: None,
                 snap: Snapshot::default(),
+                opts: if v.strict_old_fd {
+                    "passthrough=upper"
+                } else {
+                    "passthrough=all"
+                },
             }
         };
         let mut sides = vec![
