@@ -26,7 +26,14 @@ pub struct OpenFile {
     flags: i32,
     /// `fd` is the lower object (it may have been copied up since).
     on_lower: AtomicBool,
+    /// A mapping of the lower file for replies to reads, made on the first read of a
+    /// large lower file (see [`sys::Mmap`]); `None` inside when not used.
+    map: std::sync::OnceLock<Option<sys::Mmap>>,
 }
+
+/// Lower files at least this large are read through a mapping: it saves a copy per read
+/// request, while for small files the mmap/munmap would cost more than it saves.
+const MAP_MIN: u64 = 1 << 20;
 
 pub struct Handle {
     pub node: Arc<Node>,
@@ -69,6 +76,31 @@ impl Handle {
 fn data_on_lower(node: &Node) -> bool {
     let s = node.s.lock();
     !s.in_upper && !s.indexed
+}
+
+/// The mapping to read handle `h` through: while its data is the (immutable) lower file it
+/// was opened on, and that file is large. Made on first use; `None` when it cannot be (the
+/// caller then reads with `pread`).
+fn lower_map(h: &Handle, read_only: bool) -> Option<&sys::Mmap> {
+    let HandleKind::File(f) = &h.kind else {
+        return None;
+    };
+    // (A read-only mount never copies up: a handle there keeps the object it opened.)
+    if !data_on_lower(&h.node) || !(read_only || f.on_lower.load(Ordering::Acquire)) {
+        return None;
+    }
+    f.map
+        .get_or_init(|| {
+            let fd = f.fd.read().clone();
+            let size = sys::fstat(fd.as_fd()).ok()?.size;
+            if size < MAP_MIN || usize::try_from(size).is_err() {
+                return None;
+            }
+            sys::Mmap::map(fd.as_fd(), size as usize)
+                .map_err(|e| log::debug!("map lower file of {}: {e}", h.node.st_ino))
+                .ok()
+        })
+        .as_ref()
 }
 
 fn wants_write(flags: i32) -> bool {
@@ -156,6 +188,7 @@ impl Overlay {
             fd: RwLock::new(Arc::new(fd)),
             flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
             on_lower: AtomicBool::new(on_lower),
+            map: std::sync::OnceLock::new(),
         };
         self.add_handle(node, HandleKind::File(f))
     }
@@ -336,26 +369,49 @@ impl Overlay {
     }
 
     pub fn read(&self, fh: u64, off: u64, size: u32) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; size as usize];
-        let done = self.read_into(fh, off, &mut buf)?;
-        buf.truncate(done);
-        Ok(buf)
+        self.read_with(fh, off, size, |r| r.map(<[u8]>::to_vec))
     }
 
-    /// Read up to `buf.len()` bytes at `off` (fewer only at end of file); the adapter
-    /// passes a per-thread buffer, so reads allocate nothing.
-    pub fn read_into(&self, fh: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
-        let h = self.handle(fh)?;
-        let fd = self.file_fd(&h)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let n = sys::pread(fd.as_fd(), &mut buf[done..], off + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
+    /// Read up to `size` bytes at `off` (fewer only at end of file) and hand them, or the
+    /// error, to `reply`. Data of a large lower file comes from a mapping of it (one copy fewer,
+    /// see [`sys::Mmap`]); other data is read into a per-thread buffer, so reads allocate
+    /// nothing.
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        off: u64,
+        size: u32,
+        reply: impl FnOnce(Result<&[u8]>) -> R,
+    ) -> R {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        Ok(done)
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply(Err(e)),
+        };
+        if let Some(m) = lower_map(&h, self.cfg.read_only) {
+            return reply(Ok(m.slice(off, size as usize)));
+        }
+        let fd = match self.file_fd(&h) {
+            Ok(fd) => fd,
+            Err(e) => return reply(Err(e)),
+        };
+        BUF.with_borrow_mut(|buf| {
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            let mut done = 0usize;
+            while done < size {
+                match sys::pread(fd.as_fd(), &mut buf[done..size], off + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) => return reply(Err(e)),
+                }
+            }
+            reply(Ok(&buf[..done]))
+        })
     }
 
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {

@@ -991,3 +991,68 @@ pub fn umount(path: &std::path::Path) -> Result<()> {
     let c = cstr(path.as_os_str().as_bytes())?;
     check(unsafe { libc::umount2(c.as_ptr(), 0) }).map(drop)
 }
+
+/// A read-only shared mapping of the first `len` bytes of a file that nobody changes while
+/// it is mapped (a lower-layer file: layers are immutable). Replies to reads are written
+/// straight from it, so the kernel copies the file's page cache into the FUSE pages once,
+/// instead of a `pread` into a buffer and a second copy out of it. Nothing in layerfs reads
+/// through the mapping itself; a page beyond a (contract-breaking) truncation makes the
+/// reply's `writev` fail with EFAULT, never a SIGBUS.
+pub struct Mmap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned; sharing its address between threads is fine.
+unsafe impl Send for Mmap {}
+unsafe impl Sync for Mmap {}
+
+impl Mmap {
+    /// Map `len` (> 0) bytes of `fd` read-only, with sequential readahead for its faults.
+    pub fn map(fd: Fd, len: usize) -> Result<Mmap> {
+        if len == 0 {
+            return err(libc::EINVAL);
+        }
+        // SAFETY: a fresh mapping chosen by the kernel; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::from_errno(last_errno()));
+        }
+        // SAFETY: advice on the mapping made above.
+        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
+        Ok(Mmap { ptr, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The mapped bytes `[off, off + len)`, clipped to the mapping.
+    pub fn slice(&self, off: u64, len: usize) -> &[u8] {
+        let start = (off.min(self.len as u64)) as usize;
+        let end = start + len.min(self.len - start);
+        // SAFETY: in bounds of a live mapping owned by self; its file is not modified
+        // while mapped (see the type's comment).
+        unsafe { std::slice::from_raw_parts((self.ptr as *const u8).add(start), end - start) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value owns; no slice of it outlives self.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}

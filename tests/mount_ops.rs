@@ -460,3 +460,69 @@ fn chown_and_chmod_copy_up_with_parents() {
         "parent"
     );
 }
+
+/// Everything readable from `f` at `off`, through `pread` in 1 MiB steps.
+fn read_all_at(f: &fs::File, mut off: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read_at(&mut buf, off).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+        off += n as u64;
+    }
+}
+
+/// Drop the kernel's cached pages of `f`, so the next read reaches the daemon.
+fn drop_page_cache(f: &fs::File) {
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
+}
+
+/// Reads of a large lower file (the daemon answers them from a mapping of it) return its
+/// data, short at the end and nothing past it; after a write through another descriptor
+/// (the copy-up) a descriptor opened on the lower file reads the copy; a read-only mount
+/// reads it the same way.
+#[test]
+fn large_lower_file_reads_and_copy_up() {
+    use std::os::unix::fs::FileExt;
+    if !common::require_mount_privilege("large_lower_file_reads_and_copy_up") {
+        return;
+    }
+    let s = setup().unwrap();
+    let len = (3 << 20) + 123;
+    let data: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8).collect();
+    fs::write(s.lower(0).join("big"), &data).unwrap();
+    {
+        let m = s.mount(1, "");
+        let p = m.path("big");
+        let r = fs::File::open(&p).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        r.read_exact_at(&mut buf, 1 << 20).unwrap();
+        assert!(buf == data[1 << 20..2 << 20]);
+        drop_page_cache(&r);
+        let n = r.read_at(&mut buf, len - 23).unwrap();
+        assert_eq!(&buf[..n], &data[len as usize - 23..]);
+        assert_eq!(r.read_at(&mut buf, len + 5).unwrap(), 0);
+        assert!(read_all_at(&r, 0) == data);
+        let w = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        w.write_all_at(b"NEW DATA", 2 << 20).unwrap();
+        drop(w);
+        let mut expect = data.clone();
+        expect[2 << 20..(2 << 20) + 8].copy_from_slice(b"NEW DATA");
+        drop_page_cache(&r);
+        assert!(read_all_at(&r, 0) == expect, "stale read after copy-up");
+        drop(r);
+        assert!(fs::read(&p).unwrap() == expect);
+    }
+    assert!(fs::read(s.lower(0).join("big")).unwrap() == data);
+    fs::write(s.lower(0).join("big2"), &data[..(2 << 20) + 7]).unwrap();
+    let m = s.mount_ro(1, "");
+    let r = fs::File::open(m.path("big2")).unwrap();
+    assert!(read_all_at(&r, 0) == data[..(2 << 20) + 7]);
+    drop_page_cache(&r);
+    assert!(read_all_at(&r, 1 << 20) == data[1 << 20..(2 << 20) + 7]);
+}
