@@ -957,6 +957,24 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
     libc::makedev(major, minor)
 }
 
+pub fn major(dev: u64) -> u32 {
+    libc::major(dev)
+}
+
+pub fn minor(dev: u64) -> u32 {
+    libc::minor(dev)
+}
+
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let r = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if r > 0 {
+        r as usize
+    } else {
+        4096
+    }
+}
+
 /// `fd` as raw for logging.
 pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()

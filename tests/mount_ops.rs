@@ -526,3 +526,25 @@ fn large_lower_file_reads_and_copy_up() {
     drop_page_cache(&r);
     assert!(read_all_at(&r, 1 << 20) == data[1 << 20..(2 << 20) + 7]);
 }
+
+/// As real root the daemon widens its mount's readahead window to the largest FUSE request
+/// (`fs.fuse.max_pages_limit` pages), so sequential reads arrive in 1 MiB READs, not 128 KiB.
+#[test]
+fn readahead_window_widened_as_root() {
+    if !common::require_mount_privilege("readahead_window_widened_as_root") {
+        return;
+    }
+    let s = setup().unwrap();
+    let m = s.mount(1, "");
+    let dev = fs::metadata(m.path("")).unwrap().dev();
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    let ra = fs::read_to_string(format!("/sys/class/bdi/{maj}:{min}/read_ahead_kb")).unwrap();
+    let pages: u64 = fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+        .map(|s| s.trim().parse().unwrap())
+        .unwrap_or(256);
+    let page_kb = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64 / 1024;
+    assert!(
+        ra.trim().parse::<u64>().unwrap() >= pages * page_kb,
+        "read_ahead_kb {ra}"
+    );
+}
