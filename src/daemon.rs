@@ -221,10 +221,11 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
 
 /// The kernel gives a FUSE mount a readahead window of 128 KiB (and the INIT reply can only
 /// lower it), so a sequential reader's data comes in 128 KiB READ requests. Where the daemon
-/// may (real root: the mount's `/sys/class/bdi/MAJ:MIN/read_ahead_kb`), widen it to the
-/// largest request the kernel will send (`fs.fuse.max_pages_limit` pages, 1 MiB by
-/// default): an eighth of the requests for the same data. Unprivileged, or in a user
-/// namespace, sysfs refuses and the default stays.
+/// may write its mount's `/sys/class/bdi/MAJ:MIN/read_ahead_kb` (a daemon whose uid is
+/// real root: as root, or in a user namespace that maps root to itself, as `unshare -Ur`
+/// run by root does), widen it to the largest request the kernel will send
+/// (`fs.fuse.max_pages_limit` pages, 1 MiB by default): an eighth of the requests for the
+/// same data. Elsewhere (a user's rootless mount) sysfs refuses and the default stays.
 fn raise_readahead(dev: u64) {
     let pages: u64 = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
         .ok()
