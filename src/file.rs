@@ -35,6 +35,12 @@ pub struct OpenFile {
 /// request, while for small files the mmap/munmap would cost more than it saves.
 const MAP_MIN: u64 = 1 << 20;
 
+/// A read ending at a multiple of this unmaps the chunk before it (see
+/// [`sys::Mmap::unmap_pages`]): a sequential reader's pages stay in the page cache but not in
+/// the daemon's page tables, so its RSS and page tables stay small and reclaim need not
+/// unmap them.
+const UNMAP_CHUNK: u64 = 8 << 20;
+
 pub struct Handle {
     pub node: Arc<Node>,
     pub kind: HandleKind,
@@ -391,7 +397,13 @@ impl Overlay {
             Err(e) => return reply(Err(e)),
         };
         if let Some(m) = lower_map(&h, self.cfg.read_only) {
-            return reply(Ok(m.slice(off, size as usize)));
+            let r = reply(Ok(m.slice(off, size as usize)));
+            let end = off + size as u64;
+            if end / UNMAP_CHUNK > off / UNMAP_CHUNK {
+                let chunk = end / UNMAP_CHUNK * UNMAP_CHUNK - UNMAP_CHUNK;
+                m.unmap_pages(chunk, UNMAP_CHUNK);
+            }
+            return r;
         }
         let fd = match self.file_fd(&h) {
             Ok(fd) => fd,

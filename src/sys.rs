@@ -1054,6 +1054,27 @@ impl Mmap {
         self.len
     }
 
+    /// Drop the page-table entries of the whole pages in `[off, off + len)`
+    /// (MADV_DONTNEED): the data stays in the file's page cache and is mapped again on the
+    /// next access.
+    pub fn unmap_pages(&self, off: u64, len: u64) {
+        let page = page_size() as u64;
+        let start = off.div_ceil(page) * page;
+        let end = off.saturating_add(len).min(self.len as u64) / page * page;
+        if end <= start {
+            return;
+        }
+        // SAFETY: advice on whole pages inside the read-only mapping owned by self; no
+        // reference into it is kept across this call (replies are written before it).
+        unsafe {
+            libc::madvise(
+                (self.ptr as *mut u8).add(start as usize) as *mut libc::c_void,
+                (end - start) as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -2,6 +2,8 @@
 //! also exercises copy-up), with results checked after a remount where data is involved.
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 
 use common::{sh, sh_ok, Scratch};
 use std::ffi::{CString, OsStr};
@@ -493,6 +495,7 @@ fn large_lower_file_reads_and_copy_up() {
         return;
     }
     let s = setup().unwrap();
+    fs::write(s.lower(0).join("huge"), vec![7u8; 48 << 20]).unwrap();
     let len = (3 << 20) + 123;
     let data: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8).collect();
     fs::write(s.lower(0).join("big"), &data).unwrap();
@@ -513,6 +516,18 @@ fn large_lower_file_reads_and_copy_up() {
         drop(w);
         let mut expect = data.clone();
         expect[2 << 20..(2 << 20) + 8].copy_from_slice(b"NEW DATA");
+        // A sequential reader's pages do not pile up in the daemon's RSS while its file
+        // is open (the mapping is unmapped behind the reader).
+        let pid = common::daemon_pids(&m.mnt)[0];
+        let huge = fs::File::open(m.path("huge")).unwrap();
+        let before = load::rss_kib(pid);
+        assert_eq!(read_all_at(&huge, 0).len(), 48 << 20);
+        let grown = load::rss_kib(pid).saturating_sub(before);
+        assert!(
+            grown < 24 << 10,
+            "daemon RSS grew by {grown} KiB reading 48 MiB"
+        );
+        drop(huge);
         drop_page_cache(&r);
         assert!(read_all_at(&r, 0) == expect, "stale read after copy-up");
         drop(r);
