@@ -374,6 +374,10 @@ impl Overlay {
         }
     }
 
+    /// [`Overlay::read_with`] into a new vector (for callers without a FUSE reply). This
+    /// one copies out of a lower file's mapping in user space: a lower file truncated
+    /// behind layerfs's back (which the layers' contract forbids) would raise SIGBUS here,
+    /// where the FUSE path gets EFAULT from the kernel.
     pub fn read(&self, fh: u64, off: u64, size: u32) -> Result<Vec<u8>> {
         self.read_with(fh, off, size, |r| r.map(<[u8]>::to_vec))
     }
