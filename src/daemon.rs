@@ -174,6 +174,9 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         use std::os::unix::fs::MetadataExt;
         m.dev()
     });
+    if let Some(dev) = our_dev {
+        raise_readahead(dev);
+    }
     let ov_sig = ov.clone();
     let mnt_sig = mnt.clone();
     std::thread::Builder::new()
@@ -216,6 +219,36 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
     // mount, as a crash would.)
     std::mem::forget(bg);
     0
+}
+
+/// The kernel gives a FUSE mount a readahead window of 128 KiB (and the INIT reply can only
+/// lower it), so a sequential reader's data comes in 128 KiB READ requests. Where the daemon
+/// may write its mount's `/sys/class/bdi/MAJ:MIN/read_ahead_kb` (a daemon whose uid is
+/// real root: as root, or in a user namespace that maps root to itself, as `unshare -Ur`
+/// run by root does), widen it to the largest request the kernel will send
+/// (`fs.fuse.max_pages_limit` pages, 1 MiB by default): an eighth of the requests for the
+/// same data. Elsewhere (a user's rootless mount) sysfs refuses and the default stays.
+fn raise_readahead(dev: u64) {
+    let pages: u64 = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(256);
+    let want_kb = pages * (sys::page_size() as u64) / 1024;
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        sys::major(dev),
+        sys::minor(dev)
+    );
+    let cur: Option<u64> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    if cur.is_some_and(|c| c >= want_kb) {
+        return;
+    }
+    match std::fs::write(&path, format!("{want_kb}\n")) {
+        Ok(()) => log::debug!("{path}: {want_kb}"),
+        Err(e) => log::debug!("{path}: {e}: readahead stays at {cur:?} KiB"),
+    }
 }
 
 /// FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace (the kernel checks it

@@ -31,7 +31,20 @@ pub struct OpenFile {
     on_lower: AtomicBool,
     /// Passed through to the lower file: `fd` stays the lower file after a copy-up.
     lower_pt: AtomicBool,
+    /// A mapping of the lower file for replies to reads, made on the first read of a
+    /// large lower file (see [`sys::Mmap`]); `None` inside when not used.
+    map: std::sync::OnceLock<Option<sys::Mmap>>,
 }
+
+/// Lower files at least this large are read through a mapping: it saves a copy per read
+/// request, while for small files the mmap/munmap would cost more than it saves.
+const MAP_MIN: u64 = 1 << 20;
+
+/// A read ending at a multiple of this unmaps the chunk before it (see
+/// [`sys::Mmap::unmap_pages`]): a sequential reader's pages stay in the page cache but not in
+/// the daemon's page tables, so its RSS and page tables stay small and reclaim need not
+/// unmap them.
+const UNMAP_CHUNK: u64 = 8 << 20;
 
 pub struct Handle {
     pub node: Arc<Node>,
@@ -96,8 +109,46 @@ pub(crate) fn data_on_lower(node: &Node) -> bool {
     !s.in_upper && !s.indexed
 }
 
+/// The mapping to read handle `h` through: while its data is the (immutable) lower file it
+/// was opened on, and that file is large. Made on first use; `None` when it cannot be (the
+/// caller then reads with `pread`).
+fn lower_map(h: &Handle, read_only: bool) -> Option<&sys::Mmap> {
+    let HandleKind::File(f) = &h.kind else {
+        return None;
+    };
+    // (A read-only mount never copies up: a handle there keeps the object it opened.)
+    if !data_on_lower(&h.node) || !(read_only || f.on_lower.load(Ordering::Acquire)) {
+        return None;
+    }
+    f.map
+        .get_or_init(|| {
+            let fd = f.fd.read().clone();
+            let size = sys::fstat(fd.as_fd()).ok()?.size;
+            if size < MAP_MIN || usize::try_from(size).is_err() {
+                return None;
+            }
+            sys::Mmap::map(fd.as_fd(), size as usize)
+                .map_err(|e| log::debug!("map lower file of {}: {e}", h.node.st_ino))
+                .ok()
+        })
+        .as_ref()
+}
+
 fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// `pread` until `buf` is full or the end of the file: the number of bytes read.
+fn pread_full(fd: std::os::fd::BorrowedFd, buf: &mut [u8], off: u64) -> Result<usize> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let n = sys::pread(fd, &mut buf[done..], off + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
 }
 
 /// How long an open for writing waits for the opens passed through to the lower file to
@@ -206,6 +257,7 @@ impl Overlay {
             flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL),
             on_lower: AtomicBool::new(on_lower),
             lower_pt: AtomicBool::new(false),
+            map: std::sync::OnceLock::new(),
         };
         self.add_handle(node, HandleKind::File(f))
     }
@@ -527,27 +579,56 @@ impl Overlay {
         }
     }
 
+    /// Read up to `size` bytes at `off` into a new vector (for callers without a FUSE
+    /// reply: tests and tools). Always `pread`, never the mapping of a lower file: a copy
+    /// out of a mapping in user space would raise SIGBUS on a lower file truncated behind
+    /// layerfs's back (the FUSE path gets EFAULT from the kernel instead).
     pub fn read(&self, fh: u64, off: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let fd = self.file_fd(&h)?;
         let mut buf = vec![0u8; size as usize];
-        let done = self.read_into(fh, off, &mut buf)?;
-        buf.truncate(done);
+        let n = pread_full(fd.as_fd(), &mut buf, off)?;
+        buf.truncate(n);
         Ok(buf)
     }
 
-    /// Read up to `buf.len()` bytes at `off` (fewer only at end of file); the adapter
-    /// passes a per-thread buffer, so reads allocate nothing.
-    pub fn read_into(&self, fh: u64, off: u64, buf: &mut [u8]) -> Result<usize> {
-        let h = self.handle(fh)?;
-        let fd = self.file_fd(&h)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let n = sys::pread(fd.as_fd(), &mut buf[done..], off + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        off: u64,
+        size: u32,
+        reply: impl FnOnce(Result<&[u8]>) -> R,
+    ) -> R {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        Ok(done)
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply(Err(e)),
+        };
+        if let Some(m) = lower_map(&h, self.cfg.read_only) {
+            let r = reply(Ok(m.slice(off, size as usize)));
+            let end = off + size as u64;
+            if end / UNMAP_CHUNK > off / UNMAP_CHUNK {
+                let chunk = end / UNMAP_CHUNK * UNMAP_CHUNK - UNMAP_CHUNK;
+                m.unmap_pages(chunk, UNMAP_CHUNK);
+            }
+            return r;
+        }
+        let fd = match self.file_fd(&h) {
+            Ok(fd) => fd,
+            Err(e) => return reply(Err(e)),
+        };
+        BUF.with_borrow_mut(|buf| {
+            let size = size as usize;
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            match pread_full(fd.as_fd(), &mut buf[..size], off) {
+                Ok(n) => reply(Ok(&buf[..n])),
+                Err(e) => reply(Err(e)),
+            }
+        })
     }
 
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {

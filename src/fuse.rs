@@ -453,17 +453,9 @@ impl Filesystem for Fs {
         reply: ReplyData,
     ) {
         self.ov.counters.requests.count(Op::Read);
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        BUF.with_borrow_mut(|buf| {
-            if buf.len() < size as usize {
-                buf.resize(size as usize, 0);
-            }
-            match self.ov.read_into(fh.0, offset, &mut buf[..size as usize]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(&e)),
-            }
+        self.ov.read_with(fh.0, offset, size, |r| match r {
+            Ok(data) => reply.data(data),
+            Err(e) => reply.error(errno(&e)),
         })
     }
 

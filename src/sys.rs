@@ -957,6 +957,24 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
     libc::makedev(major, minor)
 }
 
+pub fn major(dev: u64) -> u32 {
+    libc::major(dev)
+}
+
+pub fn minor(dev: u64) -> u32 {
+    libc::minor(dev)
+}
+
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let r = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if r > 0 {
+        r as usize
+    } else {
+        4096
+    }
+}
+
 /// `fd` as raw for logging.
 pub fn raw(fd: &OwnedFd) -> RawFd {
     fd.as_raw_fd()
@@ -990,4 +1008,90 @@ pub fn syslog_available() -> bool {
 pub fn umount(path: &std::path::Path) -> Result<()> {
     let c = cstr(path.as_os_str().as_bytes())?;
     check(unsafe { libc::umount2(c.as_ptr(), 0) }).map(drop)
+}
+
+/// A read-only shared mapping of the first `len` bytes of a file that nobody changes while
+/// it is mapped (a lower-layer file: layers are immutable). Replies to reads are written
+/// straight from it, so the kernel copies the file's page cache into the FUSE pages once,
+/// instead of a `pread` into a buffer and a second copy out of it. Nothing in layerfs reads
+/// through the mapping itself; a page beyond a (contract-breaking) truncation makes the
+/// reply's `writev` fail with EFAULT, never a SIGBUS.
+pub struct Mmap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned; sharing its address between threads is fine.
+unsafe impl Send for Mmap {}
+unsafe impl Sync for Mmap {}
+
+impl Mmap {
+    /// Map `len` (> 0) bytes of `fd` read-only, with sequential readahead for its faults.
+    pub fn map(fd: Fd, len: usize) -> Result<Mmap> {
+        if len == 0 {
+            return err(libc::EINVAL);
+        }
+        // SAFETY: a fresh mapping chosen by the kernel; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::from_errno(last_errno()));
+        }
+        // SAFETY: advice on the mapping made above.
+        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
+        Ok(Mmap { ptr, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Drop the page-table entries of the whole pages in `[off, off + len)`
+    /// (MADV_DONTNEED): the data stays in the file's page cache and is mapped again on the
+    /// next access.
+    pub fn unmap_pages(&self, off: u64, len: u64) {
+        let page = page_size() as u64;
+        let start = off.div_ceil(page) * page;
+        let end = off.saturating_add(len).min(self.len as u64) / page * page;
+        if end <= start {
+            return;
+        }
+        // SAFETY: advice on whole pages inside the read-only mapping owned by self; no
+        // reference into it is kept across this call (replies are written before it).
+        unsafe {
+            libc::madvise(
+                (self.ptr as *mut u8).add(start as usize) as *mut libc::c_void,
+                (end - start) as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The mapped bytes `[off, off + len)`, clipped to the mapping.
+    pub fn slice(&self, off: u64, len: usize) -> &[u8] {
+        let start = (off.min(self.len as u64)) as usize;
+        let end = start + len.min(self.len - start);
+        // SAFETY: in bounds of a live mapping owned by self; its file is not modified
+        // while mapped (see the type's comment).
+        unsafe { std::slice::from_raw_parts((self.ptr as *const u8).add(start), end - start) }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping this value owns; no slice of it outlives self.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }

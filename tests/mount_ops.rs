@@ -2,6 +2,8 @@
 //! also exercises copy-up), with results checked after a remount where data is involved.
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 
 use common::{sh, sh_ok, Scratch};
 use std::ffi::{CString, OsStr};
@@ -458,5 +460,106 @@ fn chown_and_chmod_copy_up_with_parents() {
             up.display()
         )),
         "parent"
+    );
+}
+
+/// Everything readable from `f` at `off`, through `pread` in 1 MiB steps.
+fn read_all_at(f: &fs::File, mut off: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read_at(&mut buf, off).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+        off += n as u64;
+    }
+}
+
+/// Drop the kernel's cached pages of `f`, so the next read reaches the daemon.
+fn drop_page_cache(f: &fs::File) {
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
+}
+
+/// Reads of a large lower file (the daemon answers them from a mapping of it) return its
+/// data, short at the end and nothing past it; after a write through another descriptor
+/// (the copy-up) a descriptor opened on the lower file reads the copy; a read-only mount
+/// reads it the same way.
+#[test]
+fn large_lower_file_reads_and_copy_up() {
+    use std::os::unix::fs::FileExt;
+    if !common::require_mount_privilege("large_lower_file_reads_and_copy_up") {
+        return;
+    }
+    let s = setup().unwrap();
+    fs::write(s.lower(0).join("huge"), vec![7u8; 48 << 20]).unwrap();
+    let len = (3 << 20) + 123;
+    let data: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8).collect();
+    fs::write(s.lower(0).join("big"), &data).unwrap();
+    {
+        let m = s.mount(1, "");
+        let p = m.path("big");
+        let r = fs::File::open(&p).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        r.read_exact_at(&mut buf, 1 << 20).unwrap();
+        assert!(buf == data[1 << 20..2 << 20]);
+        drop_page_cache(&r);
+        let n = r.read_at(&mut buf, len - 23).unwrap();
+        assert_eq!(&buf[..n], &data[len as usize - 23..]);
+        assert_eq!(r.read_at(&mut buf, len + 5).unwrap(), 0);
+        assert!(read_all_at(&r, 0) == data);
+        let w = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        w.write_all_at(b"NEW DATA", 2 << 20).unwrap();
+        drop(w);
+        let mut expect = data.clone();
+        expect[2 << 20..(2 << 20) + 8].copy_from_slice(b"NEW DATA");
+        // A sequential reader's pages do not pile up in the daemon's RSS while its file
+        // is open (the mapping is unmapped behind the reader).
+        let pid = common::daemon_pids(&m.mnt)[0];
+        let huge = fs::File::open(m.path("huge")).unwrap();
+        let before = load::rss_kib(pid);
+        assert_eq!(read_all_at(&huge, 0).len(), 48 << 20);
+        let grown = load::rss_kib(pid).saturating_sub(before);
+        assert!(
+            grown < 24 << 10,
+            "daemon RSS grew by {grown} KiB reading 48 MiB"
+        );
+        drop(huge);
+        drop_page_cache(&r);
+        assert!(read_all_at(&r, 0) == expect, "stale read after copy-up");
+        drop(r);
+        assert!(fs::read(&p).unwrap() == expect);
+    }
+    assert!(fs::read(s.lower(0).join("big")).unwrap() == data);
+    fs::write(s.lower(0).join("big2"), &data[..(2 << 20) + 7]).unwrap();
+    let m = s.mount_ro(1, "");
+    let r = fs::File::open(m.path("big2")).unwrap();
+    assert!(read_all_at(&r, 0) == data[..(2 << 20) + 7]);
+    drop_page_cache(&r);
+    assert!(read_all_at(&r, 1 << 20) == data[1 << 20..(2 << 20) + 7]);
+}
+
+/// As real root the daemon widens its mount's readahead window to the largest FUSE request
+/// (`fs.fuse.max_pages_limit` pages), so sequential reads arrive in 1 MiB READs, not 128 KiB.
+#[test]
+fn readahead_window_widened_as_root() {
+    if !common::require_mount_privilege("readahead_window_widened_as_root") {
+        return;
+    }
+    let s = setup().unwrap();
+    let m = s.mount(1, "");
+    let dev = fs::metadata(m.path("")).unwrap().dev();
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    let ra = fs::read_to_string(format!("/sys/class/bdi/{maj}:{min}/read_ahead_kb")).unwrap();
+    let pages: u64 = fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+        .map(|s| s.trim().parse().unwrap())
+        .unwrap_or(256);
+    let page_kb = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64 / 1024;
+    assert!(
+        ra.trim().parse::<u64>().unwrap() >= pages * page_kb,
+        "read_ahead_kb {ra}"
     );
 }
