@@ -758,7 +758,7 @@ impl Overlay {
         let mut s = node.s.lock();
         if s.is_primary(from.id, fname) || s.kind == libc::S_IFDIR {
             if s.kind == libc::S_IFDIR {
-                node.io.lock().cache_valid = false; // its `..` changed
+                self.invalidate_listing(node.id); // its `..` changed
             }
             s.parent = Some(to.clone());
             s.name = tname.to_vec();

@@ -58,6 +58,8 @@ pub struct Overlay {
     /// false once creating a char 0/0 whiteout failed: fall back to `.wh.NAME` files.
     pub chardev_whiteouts: AtomicBool,
     pub handles: DashMap<u64, Arc<crate::file::Handle>>,
+    /// Directory listings being read, by node id (see [`Overlay::readdir`]).
+    pub(crate) dir_streams: DashMap<u64, Arc<parking_lot::Mutex<Vec<crate::readdir::DirEntry>>>>,
     pub next_fh: AtomicU64,
     tmp_seq: AtomicU64,
     pub counters: Counters,
@@ -68,9 +70,10 @@ pub struct Overlay {
     index_lock: parking_lot::Mutex<()>,
     /// Removed files kept in the workdir while the kernel still holds them (orphans).
     pub(crate) orphans: AtomicU64,
-    /// Tells the kernel to drop its cached attributes of a node (set by the daemon once
-    /// the FUSE session exists; unset without a mount).
-    pub attr_invalidator: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Tells the kernel to drop its cached attributes of a node, and with `true` its
+    /// cached data too (a directory's listing); set by the daemon once the FUSE session
+    /// exists, unset without a mount.
+    pub attr_invalidator: std::sync::OnceLock<Box<dyn Fn(u64, bool) + Send + Sync>>,
 }
 
 /// Result of resolving one name in a directory through the layer stack.
@@ -150,6 +153,7 @@ impl Overlay {
             xattr_ns: XattrNs::User,
             chardev_whiteouts: AtomicBool::new(true),
             handles: DashMap::new(),
+            dir_streams: DashMap::new(),
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(0),
             counters: Counters::default(),
@@ -254,7 +258,15 @@ impl Overlay {
     /// cached copy.
     pub fn invalidate_attr(&self, id: u64) {
         if let Some(f) = self.attr_invalidator.get() {
-            f(id);
+            f(id, false);
+        }
+    }
+
+    /// Directory `id` moved: the listing the kernel caches for it has a stale `..` (the
+    /// one change of a listing the kernel does not see itself), drop it.
+    pub fn invalidate_listing(&self, id: u64) {
+        if let Some(f) = self.attr_invalidator.get() {
+            f(id, true);
         }
     }
 
@@ -868,6 +880,7 @@ impl Overlay {
 
     pub fn forget(&self, id: u64, n: u64) {
         if let Some(node) = self.inodes.forget(id, n) {
+            self.dir_streams.remove(&id);
             self.drop_orphan(&node);
         }
     }
