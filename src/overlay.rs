@@ -57,6 +57,9 @@ pub struct Overlay {
     pub xattr_ns: XattrNs,
     /// false once creating a char 0/0 whiteout failed: fall back to `.wh.NAME` files.
     pub chardev_whiteouts: AtomicBool,
+    /// The last char 0/0 whiteout made (upper or work directory, name): the next one is
+    /// made as a hard link of it (see `Overlay::create_whiteout`).
+    pub(crate) shared_whiteout: parking_lot::Mutex<Option<(Arc<OwnedFd>, Vec<u8>)>>,
     pub handles: DashMap<u64, Arc<crate::file::Handle>>,
     /// Directory listings being read, by node id (see [`Overlay::readdir`]).
     pub(crate) dir_streams: DashMap<u64, Arc<parking_lot::Mutex<Vec<crate::readdir::DirEntry>>>>,
@@ -152,6 +155,7 @@ impl Overlay {
             },
             xattr_ns: XattrNs::User,
             chardev_whiteouts: AtomicBool::new(true),
+            shared_whiteout: parking_lot::Mutex::new(None),
             handles: DashMap::new(),
             dir_streams: DashMap::new(),
             next_fh: AtomicU64::new(1),
@@ -1041,7 +1045,16 @@ impl Overlay {
     /// Adjust the recorded union link count of a hard-linked lower object by `delta`
     /// (initialising it from the lower link count). No-op for other objects.
     pub(crate) fn adjust_union_nlink(&self, node: &Node, delta: i64) -> Result<()> {
-        let lower_nlink = node.s.lock().lower.as_ref().map(|l| l.nlink).unwrap_or(0);
+        let (lower_nlink, only_lower) = {
+            let s = node.s.lock();
+            let n = s.lower.as_ref().map(|l| l.nlink).unwrap_or(0);
+            (n, !s.in_upper && !s.indexed)
+        };
+        if only_lower && lower_nlink <= 1 {
+            // Not a hard link (records are only made for lower link counts above 1): no
+            // record to look for.
+            return Ok(());
+        }
         let (Some(idx), Some(work)) = (self.index.clone(), self.work.clone()) else {
             return Ok(());
         };

@@ -463,6 +463,53 @@ fn readdir_ino_matches_stat_and_is_stable() {
     assert_eq!(after, before, "st_ino changed across remount");
 }
 
+/// Whiteouts are hard links of one char 0/0 inode (as the kernel overlay makes them),
+/// and one made after the previous whiteout's name got a new file is still a whiteout,
+/// not a link of that file.
+#[test]
+fn whiteouts_share_one_inode_and_never_link_a_file() {
+    if !common::require_mount_privilege("whiteouts_share_one_inode_and_never_link_a_file") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(0).join("d/sub")).unwrap();
+    for n in ["a", "b", "c", "sub/x"] {
+        fs::write(s.lower(0).join("d").join(n), n).unwrap();
+    }
+    {
+        let m = s.mount(1, "");
+        fs::remove_file(m.path("d/a")).unwrap();
+        fs::remove_file(m.path("d/b")).unwrap();
+        let (wa, wb) = (s.upper().join("d/a"), s.upper().join("d/b"));
+        assert!(is_char_whiteout(&wa) && is_char_whiteout(&wb));
+        assert_eq!(
+            fs::symlink_metadata(&wa).unwrap().ino(),
+            fs::symlink_metadata(&wb).unwrap().ino(),
+            "whiteouts not shared"
+        );
+        // The names that held whiteouts get files; the next whiteouts stay whiteouts.
+        fs::write(m.path("d/b"), "new b").unwrap();
+        fs::write(m.path("d/a"), "new a").unwrap();
+        fs::remove_file(m.path("d/c")).unwrap();
+        fs::remove_dir_all(m.path("d/sub")).unwrap();
+        for n in ["c", "sub"] {
+            assert!(is_char_whiteout(&s.upper().join("d").join(n)), "{n}");
+        }
+        assert_eq!(fs::read_to_string(m.path("d/a")).unwrap(), "new a");
+        assert_eq!(fs::read_to_string(m.path("d/b")).unwrap(), "new b");
+        assert_eq!(fs::metadata(m.path("d/a")).unwrap().nlink(), 1);
+        assert!(fs::symlink_metadata(m.path("d/c")).is_err());
+    }
+    let m = s.mount(1, "");
+    let mut names: Vec<_> = fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(fs::read_to_string(m.path("d/a")).unwrap(), "new a");
+}
+
 #[test]
 fn whiteouts_opaque_and_hidden_names() {
     if !common::require_mount_privilege("whiteouts_opaque_and_hidden_names") {
