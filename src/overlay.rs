@@ -789,6 +789,13 @@ impl Overlay {
     /// Turn a resolved object into a node (creating it or refreshing the existing one with
     /// the same id) and take one kernel reference.
     pub fn instantiate(&self, parent: &Arc<Node>, name: &[u8], f: Found) -> Arc<Node> {
+        self.instantiate_fresh(parent, name, f).0
+    }
+
+    /// [`Overlay::instantiate`], also telling whether the node's state is all `f`'s (a new
+    /// node, or one found again after its removal): its real object is then the one `f`
+    /// has the stat of.
+    fn instantiate_fresh(&self, parent: &Arc<Node>, name: &[u8], f: Found) -> (Arc<Node>, bool) {
         let id = f.st_ino;
         let kind = f.st.kind();
         let make_state = |f: Found| NodeState {
@@ -813,6 +820,7 @@ impl Overlay {
             let f = slot.take().unwrap();
             Node::new(id, id, make_state(f), self.inodes.next_generation())
         });
+        let mut fresh = created;
         if !created {
             let f = slot.take().unwrap();
             let mut s = node.s.lock();
@@ -827,6 +835,7 @@ impl Overlay {
                         .store(self.inodes.next_generation(), Ordering::Relaxed);
                 }
                 *s = make_state(f);
+                fresh = true;
             } else if kind == libc::S_IFDIR {
                 s.parent = Some(parent.clone());
                 s.name = name.to_vec();
@@ -855,7 +864,7 @@ impl Overlay {
                 s.lower_present = s.lower_present || f.lower_present;
             }
         }
-        node
+        (node, fresh)
     }
 
     /// lookup(2): resolve and instantiate.
@@ -874,8 +883,15 @@ impl Overlay {
         let p = self.node(parent)?;
         match self.resolve_from(&p, name, None, first_layer)? {
             Lookup::Found(f) => {
-                let node = self.instantiate(&p, name, *f);
-                let attr = self.attr_of(&node)?;
+                let st = f.st;
+                let (node, fresh) = self.instantiate_fresh(&p, name, *f);
+                let attr = if fresh {
+                    // (the resolve's stat of the real object: no second fstatat)
+                    let (dir, rname) = self.real_loc(&node)?;
+                    self.attr_from_stat(&node, st, &dir, &rname)
+                } else {
+                    self.attr_of(&node)?
+                };
                 Ok((node, attr))
             }
             _ => err(libc::ENOENT),
@@ -980,7 +996,13 @@ impl Overlay {
 
     pub fn attr_of(&self, node: &Node) -> Result<Attr> {
         let (dir, name) = self.real_loc(node)?;
-        let mut st = sys::fstatat(dir.as_fd(), &name)?;
+        let st = sys::fstatat(dir.as_fd(), &name)?;
+        Ok(self.attr_from_stat(node, st, &dir, &name))
+    }
+
+    /// The union's attributes of `node` from `st`, the stat of its real object (`dir`,
+    /// `name`).
+    fn attr_from_stat(&self, node: &Node, mut st: Stat, dir: &OwnedFd, name: &[u8]) -> Attr {
         let s = node.s.lock();
         if s.kind == libc::S_IFDIR {
             let merged = !s.lowers.is_empty() && (s.upper_dir.is_some() || s.lowers.len() > 1);
@@ -999,11 +1021,11 @@ impl Overlay {
             }
         }
         drop(s);
-        self.present(&mut st, &dir, &name);
-        Ok(Attr {
+        self.present(&mut st, dir, name);
+        Attr {
             st,
             ino: node.st_ino,
-        })
+        }
     }
 
     /// Turn a stored stat into what the union shows: override_stat owner/mode where
