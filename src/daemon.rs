@@ -138,6 +138,7 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         ttl,
         acl: !opts.noacl,
         passthrough: !opts.writeback && passthrough_permitted(),
+        no_opendir: false,
     };
     sys::block_signals();
     let config = fuse_config(opts, ov.cfg.read_only);

@@ -28,6 +28,8 @@ pub struct Fs {
     pub acl: bool,
     /// Try FUSE passthrough for regular-file I/O.
     pub passthrough: bool,
+    /// The kernel opens directories without OPENDIR once told ENOSYS (set at init).
+    pub no_opendir: bool,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -164,6 +166,9 @@ impl Filesystem for Fs {
                 log::debug!("kernel lacks FUSE capability {f:?}");
             }
         }
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if self.passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
@@ -484,8 +489,14 @@ impl Filesystem for Fs {
         // no RELEASEDIR round trip per opendir(3)) and caches every listing
         // (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE). It drops a cached listing itself when an
         // entry is created, removed or renamed through the mount; a move of the
-        // directory itself (its `..`) is invalidated by the rename. Reads come by inode.
-        reply.error(Errno::ENOSYS);
+        // directory itself (its `..`) is invalidated by the rename. Reads come by inode,
+        // so a kernel without that support (before 5.1) gets the same flags and no handle.
+        if self.no_opendir {
+            reply.error(Errno::ENOSYS);
+        } else {
+            let flags = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
+            reply.opened(FileHandle(0), flags);
+        }
     }
 
     fn readdir(
@@ -563,7 +574,7 @@ impl Filesystem for Fs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        // Not sent: directories are opened without OPENDIR (see opendir).
+        // (only from kernels that cannot open directories without OPENDIR: no handle)
         self.ov.counters.requests.count(Op::Releasedir);
         reply.ok();
     }
