@@ -62,7 +62,7 @@ pub struct Overlay {
     pub(crate) shared_whiteout: parking_lot::Mutex<Option<(Arc<OwnedFd>, Vec<u8>)>>,
     pub handles: DashMap<u64, Arc<crate::file::Handle>>,
     /// Directory listings being read, by node id (see [`Overlay::readdir`]).
-    pub(crate) dir_streams: DashMap<u64, Arc<parking_lot::Mutex<Vec<crate::readdir::DirEntry>>>>,
+    pub(crate) dir_streams: DashMap<u64, crate::readdir::DirStream>,
     pub next_fh: AtomicU64,
     tmp_seq: AtomicU64,
     pub counters: Counters,

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -36,6 +37,19 @@ fn name_cookie(name: &[u8]) -> u64 {
     h.write(name);
     (h.finish() >> 2) + 3
 }
+
+/// The snapshot the streams of one directory read.
+pub(crate) struct DirStream {
+    len: usize,
+    /// Last read.
+    used: Mutex<Instant>,
+    entries: Arc<Mutex<Vec<DirEntry>>>,
+}
+
+/// Entries kept in the snapshots of listings being read: past this, starting a listing
+/// drops those not read for a second (a reader that stopped early leaves its snapshot
+/// behind; it is taken again if the stream goes on after all).
+const KEPT_ENTRIES: usize = 1 << 16;
 
 fn dtype_to_kind(d: u8) -> Option<u32> {
     Some(match d {
@@ -183,16 +197,34 @@ impl Overlay {
     fn dir_stream(&self, ino: u64, off: u64) -> Result<Arc<Mutex<Vec<DirEntry>>>> {
         if off != 0 {
             if let Some(s) = self.dir_streams.get(&ino) {
-                return Ok(s.clone());
+                *s.used.lock() = Instant::now();
+                return Ok(s.entries.clone());
             }
         }
         let node = self.node(ino)?;
         if !node.is_dir() {
             return err(libc::ENOTDIR);
         }
-        let snap = Arc::new(Mutex::new(self.dir_snapshot(&node)?));
-        self.dir_streams.insert(ino, snap.clone());
+        let entries = self.dir_snapshot(&node)?;
+        let len = entries.len();
+        let snap = Arc::new(Mutex::new(entries));
+        if self.listing_entries_kept() + len > KEPT_ENTRIES {
+            let idle = Duration::from_secs(1);
+            self.dir_streams
+                .retain(|_, s| s.used.lock().elapsed() < idle);
+        }
+        let stream = DirStream {
+            len,
+            used: Mutex::new(Instant::now()),
+            entries: snap.clone(),
+        };
+        self.dir_streams.insert(ino, stream);
         Ok(snap)
+    }
+
+    /// Entries held in the snapshots of directory listings being read.
+    pub fn listing_entries_kept(&self) -> usize {
+        self.dir_streams.iter().map(|s| s.len).sum()
     }
 
     /// Run `f` on the entries of directory `ino` after position `off` (held locked: the
@@ -209,7 +241,7 @@ impl Overlay {
         } else {
             drop(e);
             self.dir_streams
-                .remove_if(&ino, |_, s| Arc::ptr_eq(s, &snap));
+                .remove_if(&ino, |_, s| Arc::ptr_eq(&s.entries, &snap));
         }
         Ok(())
     }
