@@ -16,6 +16,9 @@ use std::sync::Arc;
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The calling thread (0: unknown), for what the kernel does not pass: supplementary
+    /// groups and capabilities, read from /proc when a set-id bit may have to go.
+    pub pid: u32,
 }
 
 /// What to create.

@@ -1,5 +1,6 @@
 //! Open files and directories, and file I/O on the real objects (the kernel's file.c).
 
+use crate::attr::{Kill, NO_CAPS, NO_SETID};
 use crate::copy_up::Data;
 use crate::dir::{Caller, NewKind};
 use crate::error::{err, Error, Result};
@@ -58,7 +59,7 @@ impl Handle {
 
 /// The data of non-directory `node` is read from its lower layer (not copied up into the
 /// upper or the hard-link index).
-fn data_on_lower(node: &Node) -> bool {
+pub(crate) fn data_on_lower(node: &Node) -> bool {
     let s = node.s.lock();
     !s.in_upper && !s.indexed
 }
@@ -171,6 +172,13 @@ impl Overlay {
     }
 
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        self.open_as(ino, flags, None)
+    }
+
+    /// open; `who`: the process opening, for a request from the kernel: an open with
+    /// O_TRUNC then drops set-id bits and file capabilities as a truncate does (the
+    /// kernel leaves that to the daemon, see [`Overlay::kill_privs`]).
+    pub fn open_as(&self, ino: u64, flags: i32, who: Option<&Caller>) -> Result<u64> {
         let node = self.node(ino)?;
         if node.is_dir() {
             return err(libc::EISDIR);
@@ -184,6 +192,14 @@ impl Overlay {
                 Data::Full
             };
             self.copy_up(&node, data)?;
+        }
+        if let (Some(who), true) = (who, flags & libc::O_TRUNC != 0 && wants_write(flags)) {
+            // Before the truncating open: where the daemon lacks CAP_FSETID (a user
+            // namespace) the upper's filesystem drops set-user-id itself on truncate, and
+            // the kernel would keep the old mode cached.
+            if self.kill_privs(&node, Kill::Truncate, who, None)? {
+                self.invalidate_attr(node.id);
+            }
         }
         // Decided before the open: a copy-up in between leaves the flag set, and the first
         // use then re-opens the copy.
@@ -207,10 +223,14 @@ impl Overlay {
             Err(e) if e.is(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                 // Made by someone else since the kernel's lookup: open it, as open(2) with
                 // O_CREAT and without O_EXCL does.
-                return self.create_existing(parent, name, flags);
+                return self.create_existing(parent, name, flags, who);
             }
             r => r?,
         };
+        if attr.st.mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            // a new file has no file capability either: its writes need no check
+            node.privs.fetch_or(NO_CAPS | NO_SETID, Ordering::AcqRel);
+        }
         let fd = self.open_real(&node, flags & !libc::O_TRUNC)?;
         let fh = self.add_file_handle(node.clone(), fd, flags, false);
         Ok((node, attr, fh))
@@ -221,11 +241,12 @@ impl Overlay {
         parent: u64,
         name: &[u8],
         flags: i32,
+        who: Caller,
     ) -> Result<(Arc<Node>, Attr, u64)> {
         let (node, _) = self.lookup(parent, name)?;
         let opened = match node.kind() {
             libc::S_IFREG => self
-                .open(node.id, flags & !(libc::O_CREAT | libc::O_EXCL))
+                .open_as(node.id, flags & !(libc::O_CREAT | libc::O_EXCL), Some(&who))
                 .and_then(|fh| match self.attr_of(&node) {
                     Ok(a) => Ok((fh, a)),
                     Err(e) => {
@@ -348,7 +369,25 @@ impl Overlay {
     }
 
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
+        self.write_as(fh, off, data, None)
+    }
+
+    /// write; `who`: the writing process for a write(2) from the kernel, and whether the
+    /// kernel asked to drop set-id bits (FUSE_WRITE_KILL_SUIDGID: the writer lacks
+    /// CAP_FSETID). Set-id bits and the file capability go first, as the VFS does it.
+    pub fn write_as(
+        &self,
+        fh: u64,
+        off: u64,
+        data: &[u8],
+        who: Option<(&Caller, bool)>,
+    ) -> Result<u32> {
         let h = self.handle(fh)?;
+        if let Some((who, kill)) = who {
+            if self.kill_privs(&h.node, Kill::Write, who, Some(!kill))? {
+                self.invalidate_attr(h.node.id);
+            }
+        }
         let fd = self.file_fd(&h)?;
         let mut done = 0usize;
         while done < data.len() {

@@ -123,6 +123,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
@@ -157,7 +158,12 @@ impl Filesystem for Fs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_EXPORT_SUPPORT
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // The daemon drops set-id bits and file capabilities on write, truncate and
+            // chown (Overlay::kill_privs), with the VFS's rules: the kernel's own FUSE
+            // fallback keeps set-group-id without group-execute. Also makes the kernel
+            // skip the security.capability GETXATTR on repeated writes (SB_NOSEC).
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.acl {
             want |= InitFlags::FUSE_POSIX_ACL;
         }
@@ -213,7 +219,7 @@ impl Filesystem for Fs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -238,6 +244,7 @@ impl Filesystem for Fs {
             atime: time_spec(atime),
             mtime: time_spec(mtime),
             fh: fh.map(|f| f.0),
+            who: Some(caller(req)),
         };
         match self.ov.setattr(ino.0, a) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
@@ -368,9 +375,9 @@ impl Filesystem for Fs {
         self.entry(reply, self.ov.link(ino.0, newparent.0, newname.as_bytes()))
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.ov.counters.requests.count(Op::Open);
-        let fh = match self.ov.open(ino.0, flags.0) {
+        let fh = match self.ov.open_as(ino.0, flags.0, Some(&caller(req))) {
             Ok(fh) => fh,
             Err(e) => {
                 log::debug!("open: {e}");
@@ -424,18 +431,26 @@ impl Filesystem for Fs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         self.ov.counters.requests.count(Op::Write);
-        match self.ov.write(fh.0, offset, data) {
+        // A write-back of cached pages (mmap) drops nothing, as on the VFS.
+        let who = caller(req);
+        let who = (!write_flags.contains(WriteFlags::FUSE_WRITE_CACHE)).then(|| {
+            (
+                &who,
+                write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+            )
+        });
+        match self.ov.write_as(fh.0, offset, data, who) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }

@@ -4,7 +4,7 @@
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub const ROOT_ID: u64 = 1;
@@ -113,6 +113,9 @@ pub struct Node {
     pub copy_lock: Mutex<()>,
     /// How this inode's open files do I/O (FUSE passthrough bookkeeping).
     pub io: Mutex<IoState>,
+    /// What is known absent from the object (`attr::NO_CAPS`, `attr::NO_SETID`), so that
+    /// a write need not look for privileges to drop.
+    pub privs: AtomicU8,
 }
 
 /// The kernel allows one backing file per inode while any passthrough open is live, and no
@@ -141,6 +144,7 @@ impl Node {
             s: Mutex::new(state),
             copy_lock: Mutex::new(()),
             io: Mutex::new(IoState::default()),
+            privs: AtomicU8::new(0),
         })
     }
     pub fn kind(&self) -> u32 {

@@ -243,3 +243,55 @@ fn keep_id_mapping_matches_fuse_overlayfs() {
     let up = fs::symlink_metadata(s.upper().join("fifo")).unwrap();
     assert_eq!((up.uid(), up.gid()), (1002, 1001));
 }
+
+/// The kernel asks for attributes with the open file's handle after a write invalidated
+/// them (e.g. lseek(SEEK_END)); that answer must show mapped owners and the override_stat
+/// owner/mode too, or the kernel caches the stored ones and stat shows them afterwards.
+#[test]
+fn attributes_by_open_handle_are_mapped() {
+    if !common::require_mount_privilege("attributes_by_open_handle_are_mapped") {
+        return;
+    }
+    use std::io::{Seek, SeekFrom, Write};
+    let s = Scratch::new();
+    fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for n in ["f", "g"] {
+        fs::write(s.lower(0).join(n), "x").unwrap();
+        chown(s.lower(0).join(n), Some(5), Some(6)).unwrap();
+    }
+    sh_ok(&format!(
+        "setfattr -n user.containers.override_stat -v 33:44:0640:file '{}'",
+        s.lower(0).join("g").display()
+    ));
+    // (Whether the write is passed through or not, it invalidates the cached size, so
+    // the lseek asks the daemon, with the handle; that answer is what is checked.)
+    let m = s.mount(
+        1,
+        "uidmapping=0:1000:100,gidmapping=0:1000:100,xattr_permissions=2",
+    );
+    for (n, want) in [("f", (1005, 1006, 0o644)), ("g", (1033, 1044, 0o640))] {
+        let before = fs::metadata(m.path(n)).unwrap();
+        assert_eq!(
+            (before.uid(), before.gid()),
+            (want.0, want.1),
+            "{n} before the write"
+        );
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.path(n))
+            .unwrap();
+        f.write_all(b"more").unwrap();
+        assert_eq!(f.seek(SeekFrom::End(0)).unwrap(), 4, "{n} size by SEEK_END");
+        let by_fd = f.metadata().unwrap();
+        drop(f);
+        let md = fs::metadata(m.path(n)).unwrap();
+        for (what, md) in [("fstat", &by_fd), ("stat", &md)] {
+            assert_eq!(
+                (md.uid(), md.gid(), md.mode() & 0o7777, md.len()),
+                (want.0, want.1, want.2, 4),
+                "{n}: {what} after write + lseek(SEEK_END)"
+            );
+        }
+    }
+}

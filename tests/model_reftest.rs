@@ -265,6 +265,7 @@ fn me() -> Caller {
     Caller {
         uid: unsafe { libc::geteuid() },
         gid: unsafe { libc::getegid() },
+        pid: 0,
     }
 }
 

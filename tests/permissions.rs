@@ -8,8 +8,11 @@
 //! may on the layers.
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 
 use common::{sh, sh_ok, Scratch};
+use load::FgMount;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -151,14 +154,157 @@ fn other_user_gets_what_the_kernel_overlay_gives() {
     );
 }
 
-/// Write or truncate each file as uid 65533 on layerfs and on the kernel overlay; returns
-/// the `name mode size` lines (layerfs, kernel), and layerfs's lines after a remount.
-fn modes_after_non_owner_writes(files: &[(&str, &str)]) -> (String, String, String) {
+/// Who runs a step of [`privileges_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum By {
+    /// uid/gid 65533, no supplementary group
+    User,
+    /// uid/gid 65533 with supplementary group [`GROUP`]
+    UserInGroup,
+    Root,
+}
+
+/// A supplementary group of the test user in [`By::UserInGroup`] steps.
+const GROUP: u32 = 65530;
+
+/// Files for the set-id and capability steps: (name, owner:group, mode). `cap_*` files
+/// also get a `security.capability` (cap_net_raw+ep, v2 format).
+const KILL_FILES: &[(&str, &str, &str)] = &[
+    // set-group-id without group-execute, in the writer's group: kept
+    ("sgid_nox_grp", "0:65533", "2766"),
+    // ... in the writer's supplementary group: kept
+    ("sgid_nox_supp", "0:65530", "2766"),
+    // ... outside the writer's groups: dropped
+    ("sgid_nox_other", "0:0", "2766"),
+    // set-group-id with group-execute: dropped, in the group or not
+    ("sgid_x_grp", "0:65533", "2776"),
+    ("sgid_x_other", "0:0", "2777"),
+    // truncate(2) and open(O_TRUNC) by a non-owner
+    ("sgid_trunc_other", "0:0", "2766"),
+    ("sgid_trunc_grp", "0:65533", "2766"),
+    ("suid_otrunc", "0:0", "6777"),
+    ("suid_otrunc_grp", "0:65533", "6766"),
+    // written by root (CAP_FSETID): kept
+    ("suid_root_write", "0:0", "6777"),
+    // chown by root: set-user-id dropped; set-group-id only with group-execute
+    ("suid_chown", "0:0", "6745"),
+    ("sgid_x_chown", "0:0", "2775"),
+    // chgrp by the owner outside the old group: both dropped (the daemon's own chown,
+    // as root, would keep set-group-id)
+    ("owned_chgrp", "65533:0", "6766"),
+    // file capabilities: dropped by a write, whoever writes, and by truncate and chown
+    ("cap_user_write", "0:0", "0666"),
+    ("cap_root_write", "0:0", "0755"),
+    ("cap_truncate", "0:0", "0666"),
+    ("cap_chown", "0:0", "0755"),
+    // only read: kept
+    ("cap_read", "0:0", "0644"),
+];
+
+/// The steps on [`KILL_FILES`] (and the set-user-id files of [`make_layers`]): who, the
+/// command before the file's path, the file.
+const KILL_STEPS: &[(By, &str, &str)] = &[
+    (By::User, "echo x >> ", "suid"),
+    (By::User, "truncate -s 1 ", "suid_trunc"),
+    (By::User, "echo x >> ", "suid_owner"),
+    (By::User, "echo x >> ", "suid_grp_noexec"),
+    (By::User, "echo x >> ", "sgid_nox_grp"),
+    (By::UserInGroup, "echo x >> ", "sgid_nox_supp"),
+    (By::User, "echo x >> ", "sgid_nox_other"),
+    (By::User, "echo x >> ", "sgid_x_grp"),
+    (By::User, "echo x >> ", "sgid_x_other"),
+    (By::User, "truncate -s 1 ", "sgid_trunc_other"),
+    (By::User, "truncate -s 1 ", "sgid_trunc_grp"),
+    (By::User, ": > ", "suid_otrunc"),
+    (By::User, ": > ", "suid_otrunc_grp"),
+    (By::Root, "echo x >> ", "suid_root_write"),
+    (By::Root, "chown 0:0 ", "suid_chown"),
+    (By::Root, "chgrp 0 ", "sgid_x_chown"),
+    (By::User, "chgrp 65533 ", "owned_chgrp"),
+    (By::User, "echo x >> ", "cap_user_write"),
+    (By::Root, "echo x >> ", "cap_root_write"),
+    (By::User, "truncate -s 2 ", "cap_truncate"),
+    (By::Root, "chown 0:0 ", "cap_chown"),
+    (By::User, "cat ", "cap_read"),
+];
+
+const CAP_NET_RAW_EP: &str = "0x0100000200200000000000000000000000000000";
+
+fn make_kill_files(s: &Scratch) {
+    let l0 = s.lower(0);
+    for (name, owner, mode) in KILL_FILES {
+        let p = l0.join(name);
+        fs::write(&p, "s\n").unwrap();
+        sh_ok(&format!(
+            "chown {owner} '{p}' && chmod {mode} '{p}'",
+            p = p.display()
+        ));
+        if name.starts_with("cap_") {
+            sh_ok(&format!(
+                "setfattr -n security.capability -v {CAP_NET_RAW_EP} '{}'",
+                p.display()
+            ));
+        }
+    }
+}
+
+fn run_by(by: By, script: &str, mnt: &Path) -> (i32, String) {
+    match by {
+        By::User => as_user(script, mnt),
+        By::UserInGroup => {
+            let out = sh(&format!(
+                "setpriv --reuid {USER} --regid {USER} --groups {GROUP} bash -c {}",
+                quote(script)
+            ));
+            let err = String::from_utf8_lossy(&out.stderr).replace(&*mnt.to_string_lossy(), "MNT");
+            (out.status.code().unwrap_or(-1), err)
+        }
+        By::Root => {
+            let out = sh(script);
+            let err = String::from_utf8_lossy(&out.stderr).replace(&*mnt.to_string_lossy(), "MNT");
+            (out.status.code().unwrap_or(-1), err)
+        }
+    }
+}
+
+/// `name mode uid:gid size cap=...` of each file, through the mount (so the kernel's
+/// view after the steps, not only the upper's).
+fn privileges(d: &Path, names: &[&str]) -> String {
+    let mut out = String::new();
+    for n in names {
+        let p = d.join(n);
+        let st = sh_ok(&format!("stat -c '%n %a %u:%g %s' '{}'", p.display()));
+        let cap = sh(&format!(
+            "getfattr --only-values -e hex -n security.capability '{}' 2>/dev/null | od -An -tx1 | tr -d ' \\n'",
+            p.display()
+        ));
+        out.push_str(&format!(
+            "{} cap={}\n",
+            st.trim().replace(&*d.to_string_lossy(), ""),
+            String::from_utf8_lossy(&cap.stdout).trim()
+        ));
+    }
+    out
+}
+
+/// Run `steps` on layerfs (extra mount options `opts`; `writeback=1` turns FUSE
+/// passthrough off) and on the kernel overlay of the same layers; returns the
+/// [`privileges`] of the files (layerfs, kernel, layerfs after a remount) and the
+/// daemon's log (with a SIGUSR1 counters line).
+fn privileges_after(steps: &[(By, &str, &str)], opts: &str) -> (String, String, String, String) {
     let sl = Scratch::new();
     let sk = Scratch::new();
-    make_layers(&sl);
-    make_layers(&sk);
-    let ml = sl.mount(1, "");
+    for s in [&sl, &sk] {
+        make_layers(s);
+        make_kill_files(s);
+    }
+    let mut lopts = common::layer_opts(&[sl.lower(0)], Some(&sl.upper()), Some(&sl.work()));
+    if !opts.is_empty() {
+        lopts.push(',');
+        lopts.push_str(opts);
+    }
+    let log = sl.path().join("daemon.log");
+    let ml = FgMount::start(&lopts, &sl.mnt(), &log, "info");
     let mk = common::mount_kernel_overlay(
         &[sk.lower(0)],
         Some(&sk.upper()),
@@ -166,58 +312,137 @@ fn modes_after_non_owner_writes(files: &[(&str, &str)]) -> (String, String, Stri
         &sk.mnt(),
         "",
     );
-    let names: Vec<&str> = files.iter().map(|(_, f)| *f).collect();
-    let stat = |d: &Path| {
-        sh_ok(&format!(
-            "cd '{}' && stat -c '%n %a %s' {}",
-            d.display(),
-            names.join(" ")
-        ))
-    };
+    let mut names: Vec<&str> = steps.iter().map(|(_, _, f)| *f).collect();
+    names.dedup();
     let mut rows = Vec::new();
     for m in [&ml.mnt, &mk.mnt] {
         let d = m.to_string_lossy();
-        for (op, f) in files {
-            let (c, e) = as_user(&format!("{op}{d}/{f}"), m);
-            assert_eq!(c, 0, "{op}{f} as uid {USER}: {e}");
+        for (by, op, f) in steps {
+            let (c, e) = run_by(*by, &format!("{op}{d}/{f}"), m);
+            assert_eq!(c, 0, "{op}{f} by {by:?}: {e}");
         }
-        rows.push(stat(m));
+        rows.push(privileges(m, &names));
     }
-    drop(ml);
-    let ml = sl.mount(1, "");
-    let again = stat(&ml.mnt);
-    (rows.remove(0), rows.remove(0), again)
+    unsafe { libc::kill(ml.pid(), libc::SIGUSR1) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ml.log_text().contains("counters:") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log_text = ml.log_text();
+    ml.stop();
+    let ml = sl.mount(1, opts);
+    let again = privileges(&ml.mnt, &names);
+    (rows.remove(0), rows.remove(0), again, log_text)
 }
 
+fn kill_like_kernel(opts: &str, passthrough: bool) {
+    let (l, k, again, log) = privileges_after(KILL_STEPS, opts);
+    assert_eq!(l, k, "after the steps (layerfs, then kernel)");
+    assert_eq!(again, l, "after a remount");
+    // the kernel does drop them: the comparison is meaningful
+    for want in [
+        "/suid 777 ",
+        "/sgid_nox_grp 2766 ",
+        "/sgid_nox_supp 2766 ",
+        "/sgid_nox_other 766 ",
+        "/suid_root_write 6777 ",
+        "/suid_chown 2745 ",
+        "/sgid_x_chown 775 ",
+        "/owned_chgrp 766 ",
+        "/cap_root_write 755 0:0 4 cap=\n",
+        "/cap_read 644 0:0 2 cap=0100000200200000000000000000000000000000\n",
+    ] {
+        assert!(k.contains(want), "kernel: no {want:?} in\n{k}");
+    }
+    // the passthrough setting really was in effect: passthrough writes never reach the
+    // daemon
+    assert_eq!(
+        log.contains("FUSE passthrough enabled"),
+        passthrough,
+        "daemon log does not match the passthrough setting:\n{log}"
+    );
+    let counters = log.lines().find(|l| l.contains("counters:")).unwrap_or("");
+    assert_eq!(
+        !counters.contains(" write="),
+        passthrough,
+        "WRITE requests do not match the passthrough setting: {counters}"
+    );
+}
+
+/// Set-id bits and file capabilities after writes, truncates, O_TRUNC opens and chowns by
+/// a non-owner (in the file's group or not, through a supplementary group), the owner and
+/// root, as the kernel overlay leaves them (the VFS rules: `setattr_should_drop_suidgid`,
+/// `chown_common`, `cap_inode_need_killpriv`), with FUSE passthrough (as root, the
+/// default: the writes bypass the daemon, which drops the bits on the kernel's
+/// `file_remove_privs` SETATTR) ...
 #[test]
 fn setuid_setgid_cleared_on_write_by_non_owner_like_kernel() {
     if !common::require_mount_privilege("setuid_setgid_cleared_on_write_by_non_owner_like_kernel") {
         return;
     }
-    let (l, k, again) = modes_after_non_owner_writes(&[
-        ("echo x >> ", "suid"),
-        ("truncate -s 1 ", "suid_trunc"),
-        ("echo x >> ", "suid_owner"),
-    ]);
-    assert_eq!(l, k, "modes after writes (layerfs, then kernel)");
-    // the kernel does clear them: the comparison is meaningful
-    assert!(k.contains("suid 777 "), "{k}");
-    assert_eq!(again, l, "after a remount");
+    kill_like_kernel("", true);
+}
+
+/// ... and without (`writeback=1`: the writes reach the daemon with
+/// FUSE_WRITE_KILL_SUIDGID).
+#[test]
+fn setuid_setgid_cleared_without_passthrough_like_kernel() {
+    if !common::require_mount_privilege("setuid_setgid_cleared_without_passthrough_like_kernel") {
+        return;
+    }
+    kill_like_kernel("writeback=1", false);
 }
 
 /// A setgid file without group execute (06766) written by a non-owner outside its group:
-/// the kernel overlay clears both bits (setattr_should_drop_sgid), layerfs only setuid.
-/// FUSE without FUSE_HANDLE_KILLPRIV_V2 only drops setgid when group execute is set, so
-/// layerfs would have to take over killing the bits (KILLPRIV_V2: WRITE/SETATTR/OPEN
-/// kill flags).
+/// the kernel overlay clears both bits (setattr_should_drop_sgid). FUSE's own fallback
+/// (without FUSE_HANDLE_KILLPRIV_V2) only drops setgid when group execute is set; layerfs
+/// takes the killing over.
 #[test]
-#[ignore = "layerfs bug: setgid without group-exec kept on write by a non-member (no KILLPRIV_V2)"]
 fn setgid_without_group_exec_cleared_like_kernel() {
     if !common::require_mount_privilege("setgid_without_group_exec_cleared_like_kernel") {
         return;
     }
-    let (l, k, _) = modes_after_non_owner_writes(&[("echo x >> ", "suid_grp_noexec")]);
+    let (l, k, _, _) = privileges_after(&[(By::User, "echo x >> ", "suid_grp_noexec")], "");
     assert_eq!(l, k, "modes after writes (layerfs, then kernel)");
+    assert!(k.contains("/suid_grp_noexec 766 "), "{k}");
+}
+
+/// End to end, what set-user-id is for: a set-user-id-root copy of `id` runs as root
+/// for the test user; once the user appended a byte to it (a write by a non-owner), it
+/// runs as the user, right away (exec acts on the mode the kernel has cached), with and
+/// without FUSE passthrough.
+#[test]
+fn setuid_binary_runs_as_its_user_after_a_write() {
+    if !common::require_mount_privilege("setuid_binary_runs_as_its_user_after_a_write") {
+        return;
+    }
+    for opts in ["", "writeback=1"] {
+        let s = Scratch::new();
+        fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = s.lower(0).join("suid_id");
+        fs::copy("/usr/bin/id", &bin).unwrap();
+        sh_ok(&format!(
+            "chown 0:0 '{0}' && chmod 4777 '{0}'",
+            bin.display()
+        ));
+        let m = s.mount(1, opts);
+        let f = m.path("suid_id").to_string_lossy().into_owned();
+        let euid = |m: &common::Mount| {
+            let out = sh(&format!(
+                "setpriv --reuid {USER} --regid {USER} --clear-groups '{f}' -u"
+            ));
+            assert!(out.status.success(), "{opts}: {:?}", m.mnt);
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(
+            euid(&m),
+            "0",
+            "{opts}: set-user-id does not work on the mount"
+        );
+        let (c, e) = as_user(&format!("printf '\\0' >> '{f}'"), &m.mnt);
+        assert_eq!(c, 0, "{opts}: {e}");
+        assert_eq!(euid(&m), USER.to_string(), "{opts}: still set-user-id root");
+    }
 }
 
 /// A plain user's mount (through fusermount3): only that user may use it unless
@@ -372,4 +597,68 @@ fn plain_user_mount(after_copy_up: bool) {
 
 fn as_nobody(script: &str, mnt: &Path) -> (i32, String) {
     as_uid(NOBODY, script, mnt)
+}
+
+/// In a user namespace (layerfs and the kernel overlay both mounted by its root, ids
+/// 0-65535 mapped to themselves): nobody holds CAP_FSETID there, the daemon included, so
+/// the upper's filesystem also drops set-user-id on the daemon's own truncates and
+/// writes; the union must show what the kernel overlay shows, right after each step.
+#[test]
+fn setid_dropped_in_a_user_namespace_like_kernel() {
+    if !common::require_mount_privilege("setid_dropped_in_a_user_namespace_like_kernel") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let b = s.path().display().to_string();
+    let inner = format!(
+        r#"set -e
+B={b}
+trap 'umount $B/lf/m 2>/dev/null; umount $B/ko/m 2>/dev/null' EXIT
+{layerfs} -o lowerdir=$B/lf/l,upperdir=$B/lf/u,workdir=$B/lf/w $B/lf/m 2>/dev/null
+mount -t overlay overlay -o lowerdir=$B/ko/l,upperdir=$B/ko/u,workdir=$B/ko/w,userxattr $B/ko/m
+for t in lf ko; do
+  M=$B/$t/m
+  setpriv --reuid {USER} --regid {USER} --clear-groups bash -c "echo x >> $M/suid; echo x >> $M/sgid_nox; : > $M/otr; truncate -s 1 $M/tr; chgrp {USER} $M/own"
+  echo x >> $M/root_suid
+  : > $M/root_otr
+  echo "$(cd $M && stat -c '%n %a %u:%g %s' suid sgid_nox otr tr own root_suid root_otr | tr '\n' ' ')"
+done
+"#,
+        layerfs = common::LAYERFS,
+    );
+    fs::write(s.path().join("inner.sh"), inner).unwrap();
+    let setup = format!(
+        r#"set -e
+B={b}
+for t in lf ko; do
+  mkdir -p $B/$t/l $B/$t/u $B/$t/w $B/$t/m
+  cd $B/$t/l
+  for f in suid otr tr root_suid root_otr; do echo s > $f; chmod 6777 $f; done
+  echo s > sgid_nox; chmod 2766 sgid_nox
+  echo s > own; chown {USER}:0 own; chmod 6766 own
+done
+"#
+    );
+    sh_ok(&setup);
+    // the namespace's process waits until its id maps are written from outside
+    let out = sh(&format!(
+        r#"B={b}
+unshare -U -m --propagation private bash -c "while [ ! -e $B/go ]; do sleep 0.05; done; exec bash $B/inner.sh" &
+UP=$!
+sleep 0.3
+echo "0 0 65536" > /proc/$UP/uid_map && echo "0 0 65536" > /proc/$UP/gid_map && touch $B/go
+wait $UP"#
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], lines[1], "layerfs, then the kernel overlay");
+    assert!(lines[1].contains("otr 777 "), "{text}");
+    assert!(lines[1].contains("root_otr 777 "), "{text}");
 }
