@@ -140,6 +140,7 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         passthrough: opts.passthrough != crate::options::Passthrough::Off
             && !opts.writeback
             && passthrough_permitted(),
+        no_opendir: false,
     };
     sys::block_signals();
     let config = fuse_config(opts, ov.cfg.read_only);
@@ -154,10 +155,13 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         }
     };
     let notifier = session.notifier();
-    let _ = ov.attr_invalidator.set(Box::new(move |ino| {
-        // Only the attributes (offset -1): no page-cache locks, safe inside a request.
-        if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {
-            log::debug!("invalidate attributes of {ino}: {e}");
+    let _ = ov.attr_invalidator.set(Box::new(move |ino, data| {
+        // Attributes only (offset -1) take no page-cache locks; a directory's pages (its
+        // cached listing) are never locked across a request, so dropping them is safe
+        // inside one too.
+        let off = if data { 0 } else { -1 };
+        if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), off, 0) {
+            log::debug!("invalidate cached attributes/data of {ino}: {e}");
         }
     }));
     // The session runs in fuser's background thread, which does not own the mount: fuser

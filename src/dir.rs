@@ -53,11 +53,17 @@ impl Overlay {
     }
 
     /// Create a whiteout for `name` in the upper directory `pup` (nothing is there yet).
-    pub(crate) fn create_whiteout(&self, pup: BorrowedFd, name: &[u8]) -> Result<()> {
+    pub(crate) fn create_whiteout(&self, pup: &Arc<OwnedFd>, name: &[u8]) -> Result<()> {
         self.counters.whiteouts.fetch_add(1, Ordering::Relaxed);
         if self.chardev_whiteouts.load(Ordering::Relaxed) {
-            match sys::mknodat(pup, name, libc::S_IFCHR, 0) {
-                Ok(()) => return Ok(()),
+            if self.link_shared_whiteout(pup, name)? {
+                return Ok(());
+            }
+            match sys::mknodat(pup.as_fd(), name, libc::S_IFCHR, 0) {
+                Ok(()) => {
+                    *self.shared_whiteout.lock() = Some((pup.clone(), name.to_vec()));
+                    return Ok(());
+                }
                 Err(e) if e.is(libc::EPERM) || e.is(libc::EOPNOTSUPP) || e.is(libc::EINVAL) => {
                     log::warn!(
                         "char 0/0 whiteouts refused ({e}): using .wh.NAME files from now on"
@@ -68,13 +74,42 @@ impl Overlay {
             }
         }
         let fd = sys::openat(
-            pup,
+            pup.as_fd(),
             &whiteout::whiteout_name(name),
             libc::O_WRONLY | libc::O_CREAT,
             0,
         )?;
         drop(fd);
         Ok(())
+    }
+
+    /// Make `name` in `pup` a hard link of the last whiteout made; false when that is not
+    /// possible (make a new inode then). Every char 0/0 whiteout is the same object to
+    /// every reader, and the kernel overlay (>= 5.8) shares one whiteout inode the same
+    /// way: a link costs far less than allocating an inode, which was most of the cost of
+    /// removing a lower file (on ext4). The source is any whiteout this daemon made (none
+    /// lingers in the workdir); since it may have been replaced or removed since, the link
+    /// is checked, and a failed link (gone: ENOENT, link count full: EMLINK) or a link
+    /// of something else falls back to a new inode, which becomes the next source.
+    fn link_shared_whiteout(&self, pup: &Arc<OwnedFd>, name: &[u8]) -> Result<bool> {
+        let shared = self.shared_whiteout.lock().clone();
+        let Some((sdir, sname)) = shared else {
+            return Ok(false);
+        };
+        match sys::linkat(sdir.as_fd(), &sname, pup.as_fd(), name) {
+            Ok(()) => {}
+            Err(e) if e.is(libc::EEXIST) || e.is(libc::ENOSPC) || e.is(libc::EDQUOT) => {
+                return Err(e)
+            }
+            Err(_) => return Ok(false),
+        }
+        match sys::fstatat(pup.as_fd(), name) {
+            Ok(st) if whiteout::is_whiteout_stat(&st) => Ok(true),
+            _ => {
+                sys::unlinkat(pup.as_fd(), name, false)?;
+                Ok(false)
+            }
+        }
     }
 
     /// Mark an upper directory opaque in the namespace this daemon writes.
@@ -280,7 +315,7 @@ impl Overlay {
     /// something by that name.
     fn remove_upper_entry(
         &self,
-        pup: &OwnedFd,
+        pup: &Arc<OwnedFd>,
         name: &[u8],
         lower_present: bool,
         is_dir: bool,
@@ -300,7 +335,7 @@ impl Overlay {
         if self.chardev_whiteouts.load(Ordering::Relaxed) {
             // Atomically swap a fresh whiteout in for the object, then drop the object.
             let swapped = if is_dir {
-                self.create_whiteout(work.as_fd(), &tmp).and_then(|_| {
+                self.create_whiteout(&work, &tmp).and_then(|_| {
                     if !self.chardev_whiteouts.load(Ordering::Relaxed) {
                         return err(libc::EPERM);
                     }
@@ -333,7 +368,7 @@ impl Overlay {
             }
         }
         sys::unlinkat(pup.as_fd(), name, is_dir)?;
-        self.create_whiteout(pup.as_fd(), name)
+        self.create_whiteout(pup, name)
     }
 
     /// Removing (parent, name) takes the last name of an upper non-directory that the
@@ -364,7 +399,7 @@ impl Overlay {
     /// whiteout when lower content has that name) instead of unlinking it.
     fn orphan_upper_entry(
         &self,
-        pup: &OwnedFd,
+        pup: &Arc<OwnedFd>,
         name: &[u8],
         lower_present: bool,
         node: &Arc<Node>,
@@ -390,7 +425,7 @@ impl Overlay {
         if !moved {
             sys::renameat2(pup.as_fd(), name, work.as_fd(), &oname, 0)?;
             if lower_present {
-                self.create_whiteout(pup.as_fd(), name)?;
+                self.create_whiteout(pup, name)?;
             }
         }
         self.set_orphan(node, oname);
@@ -455,7 +490,7 @@ impl Overlay {
         } else if in_upper {
             self.remove_upper_entry(&pup, name, lower_present, false)?;
         } else {
-            self.create_whiteout(pup.as_fd(), name)?;
+            self.create_whiteout(&pup, name)?;
         }
         self.adjust_union_nlink(&node, -1)?;
         self.drop_name(&node, &p, name);
@@ -488,7 +523,7 @@ impl Overlay {
         if has_upper {
             self.remove_upper_entry(&pup, name, lower_present, true)?;
         } else {
-            self.create_whiteout(pup.as_fd(), name)?;
+            self.create_whiteout(&pup, name)?;
         }
         node.s.lock().deleted = true;
         Ok(())
@@ -709,7 +744,7 @@ impl Overlay {
             }
         }
         if need_wh_at_old {
-            self.create_whiteout(pup.as_fd(), name)?;
+            self.create_whiteout(&pup, name)?;
         }
         if let Some((dn, d_is_dir, ..)) = &dinfo {
             if *d_is_dir {
@@ -761,7 +796,7 @@ impl Overlay {
         let mut s = node.s.lock();
         if s.is_primary(from.id, fname) || s.kind == libc::S_IFDIR {
             if s.kind == libc::S_IFDIR {
-                node.io.lock().cache_valid = false; // its `..` changed
+                self.invalidate_listing(node.id); // its `..` changed
             }
             s.parent = Some(to.clone());
             s.name = tname.to_vec();

@@ -6,17 +6,11 @@ use crate::dir::{Caller, NewKind};
 use crate::error::{err, Error, Result};
 use crate::inode::{IoState, Node};
 use crate::overlay::{Attr, Overlay};
-use crate::readdir::DirEntry;
 use crate::sys;
 use parking_lot::{Mutex, RwLock};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-pub enum HandleKind {
-    File(OpenFile),
-    Dir(Mutex<Vec<DirEntry>>),
-}
 
 /// The real file behind an open regular file. A handle opened (read-only) while its
 /// object was still only in a lower layer switches to the upper copy on first use after a
@@ -46,9 +40,10 @@ const MAP_MIN: u64 = 1 << 20;
 /// unmap them.
 const UNMAP_CHUNK: u64 = 8 << 20;
 
+/// An open regular file (directories are not opened: see [`Overlay::readdir`]).
 pub struct Handle {
     pub node: Arc<Node>,
-    pub kind: HandleKind,
+    pub file: OpenFile,
     pub mode: Mutex<IoMode>,
 }
 
@@ -80,18 +75,14 @@ pub enum IoPlan {
 impl Handle {
     /// The real file as opened (see [`Overlay::file_fd`] for the current one).
     pub fn fd(&self) -> Result<Arc<OwnedFd>> {
-        match &self.kind {
-            HandleKind::File(f) => Ok(f.fd.read().clone()),
-            HandleKind::Dir(_) => err(libc::EISDIR),
-        }
+        Ok(self.file.fd.read().clone())
     }
 
     /// The handle reads a lower file its node no longer takes its data from (passed
     /// through to the lower file before a copy-up): its fd says nothing about the node's
     /// attributes.
     pub fn reads_old_lower(&self) -> bool {
-        matches!(&self.kind, HandleKind::File(f) if f.lower_pt.load(Ordering::Acquire))
-            && !data_on_lower(&self.node)
+        self.file.lower_pt.load(Ordering::Acquire) && !data_on_lower(&self.node)
     }
 }
 
@@ -113,9 +104,7 @@ pub(crate) fn data_on_lower(node: &Node) -> bool {
 /// was opened on, and that file is large. Made on first use; `None` when it cannot be (the
 /// caller then reads with `pread`).
 fn lower_map(h: &Handle, read_only: bool) -> Option<&sys::Mmap> {
-    let HandleKind::File(f) = &h.kind else {
-        return None;
-    };
+    let f = &h.file;
     // (A read-only mount never copies up: a handle there keeps the object it opened.)
     if !data_on_lower(&h.node) || !(read_only || f.on_lower.load(Ordering::Acquire)) {
         return None;
@@ -185,13 +174,13 @@ fn cached_plan(io: &mut IoState, mode: &mut IoMode) -> IoPlan {
 }
 
 impl Overlay {
-    fn add_handle(&self, node: Arc<Node>, kind: HandleKind) -> u64 {
+    fn add_handle(&self, node: Arc<Node>, file: OpenFile) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.insert(
             fh,
             Arc::new(Handle {
                 node,
-                kind,
+                file,
                 mode: Mutex::new(IoMode::Cached),
             }),
         );
@@ -211,9 +200,7 @@ impl Overlay {
     /// page-cached, and the kernel keeps no stale pages of it: every change of the data
     /// went through this inode, and opens do not keep the cache.
     pub fn file_fd(&self, h: &Handle) -> Result<Arc<OwnedFd>> {
-        let HandleKind::File(f) = &h.kind else {
-            return err(libc::EISDIR);
-        };
+        let f = &h.file;
         if f.on_lower.load(Ordering::Acquire) && !data_on_lower(&h.node) {
             let mut fd = f.fd.write();
             if f.on_lower.load(Ordering::Acquire) {
@@ -259,7 +246,7 @@ impl Overlay {
             lower_pt: AtomicBool::new(false),
             map: std::sync::OnceLock::new(),
         };
-        self.add_handle(node, HandleKind::File(f))
+        self.add_handle(node, f)
     }
 
     fn open_real(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
@@ -443,28 +430,27 @@ impl Overlay {
         let Some((_, h)) = self.handles.remove(&fh) else {
             return;
         };
-        if let HandleKind::File(f) = &h.kind {
-            let mut io = h.node.io.lock();
-            if f.on_lower.swap(false, Ordering::AcqRel) {
-                io.stale_opens = io.stale_opens.saturating_sub(1);
-            }
-            match *h.mode.lock() {
-                IoMode::Passthrough => {
-                    io.pt_opens = io.pt_opens.saturating_sub(1);
-                    if io.pt_opens == 0 {
-                        io.backing = None;
-                    }
+        let mut io = h.node.io.lock();
+        if h.file.on_lower.swap(false, Ordering::AcqRel) {
+            io.stale_opens = io.stale_opens.saturating_sub(1);
+        }
+        let mode = *h.mode.lock();
+        match mode {
+            IoMode::Passthrough => {
+                io.pt_opens = io.pt_opens.saturating_sub(1);
+                if io.pt_opens == 0 {
+                    io.backing = None;
                 }
-                IoMode::Cached => io.cached_opens = io.cached_opens.saturating_sub(1),
             }
-            if !io.waiters.is_empty() && !pinned_to_lower(&io) {
-                // Answer the waiting opens, those for writing first.
-                let mut waiters = std::mem::take(&mut io.waiters);
-                drop(io);
-                waiters.sort_by_key(|w| !w.write);
-                for w in waiters {
-                    run_waiter(&h.node, w);
-                }
+            IoMode::Cached => io.cached_opens = io.cached_opens.saturating_sub(1),
+        }
+        if !io.waiters.is_empty() && !pinned_to_lower(&io) {
+            // Answer the waiting opens, those for writing first.
+            let mut waiters = std::mem::take(&mut io.waiters);
+            drop(io);
+            waiters.sort_by_key(|w| !w.write);
+            for w in waiters {
+                run_waiter(&h.node, w);
             }
         }
     }
@@ -486,9 +472,7 @@ impl Overlay {
         make_backing: impl FnOnce(&OwnedFd) -> std::io::Result<fuser::BackingId>,
     ) -> Result<IoPlan> {
         let h = self.handle(fh)?;
-        let HandleKind::File(f) = &h.kind else {
-            return err(libc::EISDIR);
-        };
+        let f = &h.file;
         // The fd matching the node's state (a copy-up is one-way: at most one retry).
         let (fd, lower) = loop {
             let before = data_on_lower(&h.node);
@@ -666,10 +650,7 @@ impl Overlay {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let h = self.handle(fh)?;
-        match &h.kind {
-            HandleKind::File(_) => sys::fsync(self.file_fd(&h)?.as_fd(), datasync),
-            HandleKind::Dir(_) => Ok(()),
-        }
+        sys::fsync(self.file_fd(&h)?.as_fd(), datasync)
     }
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> Result<()> {
@@ -680,99 +661,6 @@ impl Overlay {
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> Result<i64> {
         let h = self.handle(fh)?;
         sys::lseek(self.file_fd(&h)?.as_fd(), off, whence)
-    }
-
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let node = self.node(ino)?;
-        if !node.is_dir() {
-            return err(libc::ENOTDIR);
-        }
-        // The snapshot is taken by the first readdir (at position 0 it is refreshed
-        // anyway), so an opendir served from the kernel's readdir cache costs nothing.
-        Ok(self.add_handle(node, HandleKind::Dir(Mutex::new(Vec::new()))))
-    }
-
-    /// Whether the kernel may keep its cached listing of directory `ino` at this opendir;
-    /// false once after the directory moved (its `..` changed).
-    pub fn dir_keep_cache(&self, ino: u64) -> bool {
-        match self.node(ino) {
-            Ok(node) => std::mem::replace(&mut node.io.lock().cache_valid, true),
-            Err(_) => false,
-        }
-    }
-
-    /// The handle's snapshot, refreshed at position 0 and taken if there is none yet (an
-    /// empty snapshot was never taken: a taken one starts with `.` and `..`).
-    fn dir_entries<'a>(
-        &self,
-        h: &'a Handle,
-        off: u64,
-    ) -> Result<parking_lot::MutexGuard<'a, Vec<DirEntry>>> {
-        let HandleKind::Dir(entries) = &h.kind else {
-            return err(libc::ENOTDIR);
-        };
-        let mut e = entries.lock();
-        if off == 0 || e.is_empty() {
-            *e = self.dir_snapshot(&h.node)?;
-        }
-        Ok(e)
-    }
-
-    /// Feed entries from position `off` on to `add(next_offset, entry)` until it returns
-    /// true (buffer full). Position 0 (a new stream or rewinddir) refreshes the snapshot, so
-    /// changes made since opendir become visible as POSIX asks; offsets are per-name
-    /// cookies, valid in every snapshot, so a stream never lists a name twice.
-    pub fn readdir(
-        &self,
-        fh: u64,
-        off: u64,
-        mut add: impl FnMut(u64, &DirEntry) -> bool,
-    ) -> Result<()> {
-        let h = self.handle(fh)?;
-        let e = self.dir_entries(&h, off)?;
-        let start = e.partition_point(|d| d.cookie <= off);
-        for d in &e[start..] {
-            if add(d.cookie, d) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// readdirplus: like [`Overlay::readdir`], but each entry (except `.` and `..`) is
-    /// looked up, taking a kernel reference. `add` returns true when the buffer is full;
-    /// the reference taken for an entry that did not fit is dropped again.
-    pub fn readdirplus(
-        &self,
-        fh: u64,
-        off: u64,
-        mut add: impl FnMut(u64, &DirEntry, Option<(&Arc<Node>, &Attr)>) -> bool,
-    ) -> Result<()> {
-        let h = self.handle(fh)?;
-        // The kernel serializes readdir on one open directory, so the snapshot is held
-        // locked while its entries are looked up (the lookups never take it).
-        let e = self.dir_entries(&h, off)?;
-        let start = e.partition_point(|d| d.cookie <= off);
-        for d in &e[start..] {
-            let next = d.cookie;
-            if d.name == b"." || d.name == b".." {
-                if add(next, d, None) {
-                    break;
-                }
-                continue;
-            }
-            match self.lookup_from(h.node.id, &d.name, d.first_layer) {
-                Ok((node, attr)) => {
-                    if add(next, d, Some((&node, &attr))) {
-                        self.forget(node.id, 1);
-                        break;
-                    }
-                }
-                // Gone since the snapshot: skip it, as a fresh readdir would.
-                Err(_) => continue,
-            }
-        }
-        Ok(())
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {

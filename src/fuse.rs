@@ -28,6 +28,8 @@ pub struct Fs {
     pub acl: bool,
     /// Try FUSE passthrough for regular-file I/O.
     pub passthrough: bool,
+    /// The kernel opens directories without OPENDIR once told ENOSYS (set at init).
+    pub no_opendir: bool,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -235,6 +237,9 @@ impl Filesystem for Fs {
                 log::debug!("kernel lacks FUSE capability {f:?}");
             }
         }
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if self.passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
@@ -528,33 +533,32 @@ impl Filesystem for Fs {
         self.empty(reply, "fsync", self.ov.fsync(fh.0, datasync))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.ov.counters.requests.count(Op::Opendir);
-        match self.ov.opendir(ino.0) {
-            // The kernel may cache the listing: it drops it itself when an entry is
-            // created, removed or renamed through the mount; a move of the directory
-            // itself (its `..`) is the one change it does not see.
-            Ok(fh) => {
-                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
-                if self.ov.dir_keep_cache(ino.0) {
-                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
-                }
-                reply.opened(FileHandle(fh), flags)
-            }
-            Err(e) => reply.error(errno(&e)),
+        // ENOSYS, once: the kernel then opens directories without asking (no OPENDIR and
+        // no RELEASEDIR round trip per opendir(3)) and caches every listing
+        // (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE). It drops a cached listing itself when an
+        // entry is created, removed or renamed through the mount; a move of the
+        // directory itself (its `..`) is invalidated by the rename. Reads come by inode,
+        // so a kernel without that support (before 5.1) gets the same flags and no handle.
+        if self.no_opendir {
+            reply.error(Errno::ENOSYS);
+        } else {
+            let flags = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
+            reply.opened(FileHandle(0), flags);
         }
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         self.ov.counters.requests.count(Op::Readdir);
-        let r = self.ov.readdir(fh.0, offset, |next, e| {
+        let r = self.ov.readdir(ino.0, offset, |next, e| {
             reply.add(
                 INodeNo(e.ino),
                 next,
@@ -571,14 +575,14 @@ impl Filesystem for Fs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         self.ov.counters.requests.count(Op::Readdirplus);
         let ttl = self.ttl;
-        let r = self.ov.readdirplus(fh.0, offset, |next, e, found| {
+        let r = self.ov.readdirplus(ino.0, offset, |next, e, found| {
             let name = OsStr::from_bytes(&e.name);
             match found {
                 Some((node, attr)) => {
@@ -616,12 +620,12 @@ impl Filesystem for Fs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        // (only from kernels that cannot open directories without OPENDIR: no handle)
         self.ov.counters.requests.count(Op::Releasedir);
-        self.ov.release(fh.0);
         reply.ok();
     }
 

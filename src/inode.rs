@@ -126,10 +126,9 @@ pub struct IoState {
     pub backing: Option<(Arc<fuser::BackingId>, bool)>,
     pub pt_opens: u32,
     pub cached_opens: u32,
-    /// The kernel's cache of this inode may be kept at the next open. Files: set by a
+    /// The kernel's page cache of this file may be kept at the next open: set by a
     /// page-cached open, cleared when a passthrough open starts (passthrough writes bypass
-    /// the page cache). Directories (the readdir cache): set by opendir, cleared when the
-    /// directory moves (its `..` changes without the kernel noticing).
+    /// the page cache).
     pub cache_valid: bool,
     /// Open handles still on the lower file (opened before a copy-up, not used since).
     pub stale_opens: u32,

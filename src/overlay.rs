@@ -60,7 +60,12 @@ pub struct Overlay {
     pub xattr_ns: XattrNs,
     /// false once creating a char 0/0 whiteout failed: fall back to `.wh.NAME` files.
     pub chardev_whiteouts: AtomicBool,
+    /// The last char 0/0 whiteout made (upper or work directory, name): the next one is
+    /// made as a hard link of it (see `Overlay::create_whiteout`).
+    pub(crate) shared_whiteout: parking_lot::Mutex<Option<(Arc<OwnedFd>, Vec<u8>)>>,
     pub handles: DashMap<u64, Arc<crate::file::Handle>>,
+    /// Directory listings being read, by node id (see [`Overlay::readdir`]).
+    pub(crate) dir_streams: DashMap<u64, crate::readdir::DirStream>,
     pub next_fh: AtomicU64,
     tmp_seq: AtomicU64,
     pub counters: Counters,
@@ -71,9 +76,10 @@ pub struct Overlay {
     index_lock: parking_lot::Mutex<()>,
     /// Removed files kept in the workdir while the kernel still holds them (orphans).
     pub(crate) orphans: AtomicU64,
-    /// Tells the kernel to drop its cached attributes of a node (set by the daemon once
-    /// the FUSE session exists; unset without a mount).
-    pub attr_invalidator: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Tells the kernel to drop its cached attributes of a node, and with `true` its
+    /// cached data too (a directory's listing); set by the daemon once the FUSE session
+    /// exists, unset without a mount.
+    pub attr_invalidator: std::sync::OnceLock<Box<dyn Fn(u64, bool) + Send + Sync>>,
 }
 
 /// Result of resolving one name in a directory through the layer stack.
@@ -153,7 +159,9 @@ impl Overlay {
             },
             xattr_ns: XattrNs::User,
             chardev_whiteouts: AtomicBool::new(true),
+            shared_whiteout: parking_lot::Mutex::new(None),
             handles: DashMap::new(),
+            dir_streams: DashMap::new(),
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(0),
             counters: Counters::default(),
@@ -258,7 +266,15 @@ impl Overlay {
     /// cached copy.
     pub fn invalidate_attr(&self, id: u64) {
         if let Some(f) = self.attr_invalidator.get() {
-            f(id);
+            f(id, false);
+        }
+    }
+
+    /// Directory `id` moved: the listing the kernel caches for it has a stale `..` (the
+    /// one change of a listing the kernel does not see itself), drop it.
+    pub fn invalidate_listing(&self, id: u64) {
+        if let Some(f) = self.attr_invalidator.get() {
+            f(id, true);
         }
     }
 
@@ -777,6 +793,13 @@ impl Overlay {
     /// Turn a resolved object into a node (creating it or refreshing the existing one with
     /// the same id) and take one kernel reference.
     pub fn instantiate(&self, parent: &Arc<Node>, name: &[u8], f: Found) -> Arc<Node> {
+        self.instantiate_fresh(parent, name, f).0
+    }
+
+    /// [`Overlay::instantiate`], also telling whether the node's state is all `f`'s (a new
+    /// node, or one found again after its removal): its real object is then the one `f`
+    /// has the stat of.
+    fn instantiate_fresh(&self, parent: &Arc<Node>, name: &[u8], f: Found) -> (Arc<Node>, bool) {
         let id = f.st_ino;
         let kind = f.st.kind();
         let make_state = |f: Found| NodeState {
@@ -801,6 +824,7 @@ impl Overlay {
             let f = slot.take().unwrap();
             Node::new(id, id, make_state(f), self.inodes.next_generation())
         });
+        let mut fresh = created;
         if !created {
             let f = slot.take().unwrap();
             let mut s = node.s.lock();
@@ -815,6 +839,7 @@ impl Overlay {
                         .store(self.inodes.next_generation(), Ordering::Relaxed);
                 }
                 *s = make_state(f);
+                fresh = true;
             } else if kind == libc::S_IFDIR {
                 s.parent = Some(parent.clone());
                 s.name = name.to_vec();
@@ -843,7 +868,7 @@ impl Overlay {
                 s.lower_present = s.lower_present || f.lower_present;
             }
         }
-        node
+        (node, fresh)
     }
 
     /// lookup(2): resolve and instantiate.
@@ -862,8 +887,15 @@ impl Overlay {
         let p = self.node(parent)?;
         match self.resolve_from(&p, name, None, first_layer)? {
             Lookup::Found(f) => {
-                let node = self.instantiate(&p, name, *f);
-                let attr = self.attr_of(&node)?;
+                let st = f.st;
+                let (node, fresh) = self.instantiate_fresh(&p, name, *f);
+                let attr = if fresh {
+                    // (the resolve's stat of the real object: no second fstatat)
+                    let (dir, rname) = self.real_loc(&node)?;
+                    self.attr_from_stat(&node, st, &dir, &rname)
+                } else {
+                    self.attr_of(&node)?
+                };
                 Ok((node, attr))
             }
             _ => err(libc::ENOENT),
@@ -872,6 +904,7 @@ impl Overlay {
 
     pub fn forget(&self, id: u64, n: u64) {
         if let Some(node) = self.inodes.forget(id, n) {
+            self.dir_streams.remove(&id);
             self.drop_orphan(&node);
         }
     }
@@ -967,7 +1000,13 @@ impl Overlay {
 
     pub fn attr_of(&self, node: &Node) -> Result<Attr> {
         let (dir, name) = self.real_loc(node)?;
-        let mut st = sys::fstatat(dir.as_fd(), &name)?;
+        let st = sys::fstatat(dir.as_fd(), &name)?;
+        Ok(self.attr_from_stat(node, st, &dir, &name))
+    }
+
+    /// The union's attributes of `node` from `st`, the stat of its real object (`dir`,
+    /// `name`).
+    fn attr_from_stat(&self, node: &Node, mut st: Stat, dir: &OwnedFd, name: &[u8]) -> Attr {
         let s = node.s.lock();
         if s.kind == libc::S_IFDIR {
             let merged = !s.lowers.is_empty() && (s.upper_dir.is_some() || s.lowers.len() > 1);
@@ -986,11 +1025,11 @@ impl Overlay {
             }
         }
         drop(s);
-        self.present(&mut st, &dir, &name);
-        Ok(Attr {
+        self.present(&mut st, dir, name);
+        Attr {
             st,
             ino: node.st_ino,
-        })
+        }
     }
 
     /// Turn a stored stat into what the union shows: override_stat owner/mode where
@@ -1032,7 +1071,16 @@ impl Overlay {
     /// Adjust the recorded union link count of a hard-linked lower object by `delta`
     /// (initialising it from the lower link count). No-op for other objects.
     pub(crate) fn adjust_union_nlink(&self, node: &Node, delta: i64) -> Result<()> {
-        let lower_nlink = node.s.lock().lower.as_ref().map(|l| l.nlink).unwrap_or(0);
+        let (lower_nlink, only_lower) = {
+            let s = node.s.lock();
+            let n = s.lower.as_ref().map(|l| l.nlink).unwrap_or(0);
+            (n, !s.in_upper && !s.indexed)
+        };
+        if only_lower && lower_nlink <= 1 {
+            // Not a hard link (records are only made for lower link counts above 1): no
+            // record to look for.
+            return Ok(());
+        }
         let (Some(idx), Some(work)) = (self.index.clone(), self.work.clone()) else {
             return Ok(());
         };

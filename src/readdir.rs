@@ -2,14 +2,16 @@
 //! directory of the stack, top first, without duplicates, whiteouts or overlay metadata
 //! names, each with the same inode number that lookup/stat gives.
 
-use crate::error::Result;
+use crate::error::{err, Result};
 use crate::inode::Node;
-use crate::overlay::{Lookup, Overlay};
+use crate::overlay::{Attr, Lookup, Overlay};
 use crate::sys;
 use crate::whiteout;
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -35,6 +37,19 @@ fn name_cookie(name: &[u8]) -> u64 {
     h.write(name);
     (h.finish() >> 2) + 3
 }
+
+/// The snapshot the streams of one directory read.
+pub(crate) struct DirStream {
+    len: usize,
+    /// Last read.
+    used: Mutex<Instant>,
+    entries: Arc<Mutex<Vec<DirEntry>>>,
+}
+
+/// Entries kept in the snapshots of listings being read: past this, starting a listing
+/// drops those not read for a second (a reader that stopped early leaves its snapshot
+/// behind; it is taken again if the stream goes on after all).
+const KEPT_ENTRIES: usize = 1 << 16;
 
 fn dtype_to_kind(d: u8) -> Option<u32> {
     Some(match d {
@@ -170,5 +185,113 @@ impl Overlay {
         }
         v.extend(rest);
         Ok(v)
+    }
+
+    /// The listing that reads of directory `ino` at position `off` use. Directories are
+    /// not opened (OPENDIR answers ENOSYS, so the kernel sends no OPENDIR/RELEASEDIR at
+    /// all and caches every listing): the streams of a directory share one snapshot,
+    /// taken afresh at position 0 (a new stream, or rewinddir, so changes made since
+    /// become visible as POSIX asks) and when there is none. Offsets are per-name
+    /// cookies, valid in every snapshot, so a stream never lists a name twice even when
+    /// another stream refreshed the snapshot under it.
+    fn dir_stream(&self, ino: u64, off: u64) -> Result<Arc<Mutex<Vec<DirEntry>>>> {
+        if off != 0 {
+            if let Some(s) = self.dir_streams.get(&ino) {
+                *s.used.lock() = Instant::now();
+                return Ok(s.entries.clone());
+            }
+        }
+        let node = self.node(ino)?;
+        if !node.is_dir() {
+            return err(libc::ENOTDIR);
+        }
+        let entries = self.dir_snapshot(&node)?;
+        let len = entries.len();
+        let snap = Arc::new(Mutex::new(entries));
+        if self.listing_entries_kept() + len > KEPT_ENTRIES {
+            let idle = Duration::from_secs(1);
+            self.dir_streams
+                .retain(|_, s| s.used.lock().elapsed() < idle);
+        }
+        let stream = DirStream {
+            len,
+            used: Mutex::new(Instant::now()),
+            entries: snap.clone(),
+        };
+        self.dir_streams.insert(ino, stream);
+        Ok(snap)
+    }
+
+    /// Entries held in the snapshots of directory listings being read.
+    pub fn listing_entries_kept(&self) -> usize {
+        self.dir_streams.iter().map(|s| s.len).sum()
+    }
+
+    /// Run `f` on the entries of directory `ino` after position `off` (held locked: the
+    /// kernel may read the same directory through several streams at once). When nothing
+    /// is left (the end of the stream), the snapshot is dropped instead, unless another
+    /// stream replaced it meanwhile; a stream left unfinished keeps it until the next one
+    /// starts or the kernel forgets the directory.
+    fn with_dir_entries(&self, ino: u64, off: u64, f: impl FnOnce(&[DirEntry])) -> Result<()> {
+        let snap = self.dir_stream(ino, off)?;
+        let e = snap.lock();
+        let start = e.partition_point(|d| d.cookie <= off);
+        if start < e.len() {
+            f(&e[start..]);
+        } else {
+            drop(e);
+            self.dir_streams
+                .remove_if(&ino, |_, s| Arc::ptr_eq(&s.entries, &snap));
+        }
+        Ok(())
+    }
+
+    /// Feed the entries of directory `ino` from position `off` on to `add(next_offset,
+    /// entry)` until it returns true (buffer full).
+    pub fn readdir(
+        &self,
+        ino: u64,
+        off: u64,
+        mut add: impl FnMut(u64, &DirEntry) -> bool,
+    ) -> Result<()> {
+        self.with_dir_entries(ino, off, |rest| {
+            for d in rest {
+                if add(d.cookie, d) {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// readdirplus: like [`Overlay::readdir`], but each entry (except `.` and `..`) is
+    /// looked up, taking a kernel reference. `add` returns true when the buffer is full;
+    /// the reference taken for an entry that did not fit is dropped again.
+    pub fn readdirplus(
+        &self,
+        ino: u64,
+        off: u64,
+        mut add: impl FnMut(u64, &DirEntry, Option<(&Arc<Node>, &Attr)>) -> bool,
+    ) -> Result<()> {
+        // (the lookups never take the snapshot's lock)
+        self.with_dir_entries(ino, off, |rest| {
+            for d in rest {
+                if d.name == b"." || d.name == b".." {
+                    if add(d.cookie, d, None) {
+                        break;
+                    }
+                    continue;
+                }
+                match self.lookup_from(ino, &d.name, d.first_layer) {
+                    Ok((node, attr)) => {
+                        if add(d.cookie, d, Some((&node, &attr))) {
+                            self.forget(node.id, 1);
+                            break;
+                        }
+                    }
+                    // Gone since the snapshot: skip it, as a fresh readdir would.
+                    Err(_) => continue,
+                }
+            }
+        })
     }
 }

@@ -443,9 +443,19 @@ pub fn getxattr(dir: Fd, name: &[u8], attr: &[u8]) -> Result<Option<Vec<u8>>> {
     let (p, follow) = xattr_path(dir, name)?;
     let a = cstr(attr)?;
     let mut buf = vec![0u8; 256];
+    // `dir` itself: fgetxattr(2) spares the walk through /proc (it fails with EBADF only
+    // on an O_PATH fd, which the path then serves).
+    let mut by_fd = name.is_empty();
     loop {
         let r = unsafe {
-            if follow {
+            if by_fd {
+                libc::fgetxattr(
+                    dir.as_raw_fd(),
+                    a.as_ptr(),
+                    buf.as_mut_ptr() as *mut _,
+                    buf.len(),
+                )
+            } else if follow {
                 libc::getxattr(
                     p.as_ptr(),
                     a.as_ptr(),
@@ -471,6 +481,7 @@ pub fn getxattr(dir: Fd, name: &[u8], attr: &[u8]) -> Result<Option<Vec<u8>>> {
                 let want = buf.len() * 4;
                 buf.resize(want.min(65536 * 2), 0);
             }
+            libc::EBADF if by_fd => by_fd = false,
             libc::EINTR => {}
             e => return err(e),
         }

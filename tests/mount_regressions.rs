@@ -281,6 +281,141 @@ fn regression_large_directory_lists_and_removes_completely() {
     assert!(fs::symlink_metadata(m.path("big")).is_err());
 }
 
+/// (d_ino, name) of every entry readdir(3) gives, `.` and `..` included (`ls -i` may
+/// stat `..` instead of showing its d_ino).
+fn raw_listing(dir: &Path) -> Vec<(u64, String)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let d = unsafe { libc::opendir(c.as_ptr()) };
+    assert!(!d.is_null(), "opendir {}", dir.display());
+    let mut out = Vec::new();
+    loop {
+        let e = unsafe { libc::readdir64(d) };
+        if e.is_null() {
+            break;
+        }
+        let e = unsafe { &*e };
+        let name = unsafe { std::ffi::CStr::from_ptr(e.d_name.as_ptr()) };
+        out.push((e.d_ino, name.to_string_lossy().into_owned()));
+    }
+    unsafe { libc::closedir(d) };
+    out
+}
+
+fn dotdot_ino(dir: &Path) -> u64 {
+    raw_listing(dir)
+        .into_iter()
+        .find(|(_, n)| n == "..")
+        .expect("`..` listed")
+        .0
+}
+
+/// The kernel caches every listing (directories are opened without OPENDIR): what it
+/// cached must follow creates, removes and renames made through the mount, and a moved
+/// directory's `..`.
+#[test]
+fn cached_listings_follow_changes_and_directory_moves() {
+    if !common::require_mount_privilege("cached_listings_follow_changes_and_directory_moves") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(1).join("a/x")).unwrap();
+    fs::write(s.lower(1).join("a/x/low"), "1").unwrap();
+    fs::create_dir_all(s.lower(0).join("a/x")).unwrap();
+    fs::write(s.lower(0).join("a/x/top"), "2").unwrap();
+    fs::create_dir_all(s.lower(0).join("b")).unwrap();
+    let m = s.mount(2, "");
+    let names = |rel: &str| {
+        let mut v: Vec<String> = raw_listing(&m.path(rel))
+            .into_iter()
+            .map(|(_, n)| n)
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        v.sort();
+        v
+    };
+    let ino = |rel: &str| fs::symlink_metadata(m.path(rel)).unwrap().ino();
+    for _ in 0..2 {
+        assert_eq!(names("a/x"), ["low", "top"]);
+        assert_eq!(dotdot_ino(&m.path("a/x")), ino("a"));
+    }
+    fs::write(m.path("a/x/new"), "3").unwrap();
+    fs::remove_file(m.path("a/x/low")).unwrap();
+    fs::rename(m.path("a/x/top"), m.path("a/x/top2")).unwrap();
+    assert_eq!(names("a/x"), ["new", "top2"]);
+    let x_ino = ino("a/x");
+    fs::rename(m.path("a/x"), m.path("b/x")).unwrap();
+    assert_eq!(ino("b/x"), x_ino);
+    assert_eq!(
+        dotdot_ino(&m.path("b/x")),
+        ino("b"),
+        "moved directory lists its old parent as `..`"
+    );
+    assert_eq!(names("b/x"), ["new", "top2"]);
+    assert_eq!(names("a"), Vec::<String>::new());
+    // Listed again from the cache, and after the move back.
+    fs::rename(m.path("b/x"), m.path("a/y")).unwrap();
+    assert_eq!(dotdot_ino(&m.path("a/y")), ino("a"));
+    assert_eq!(dotdot_ino(&m.path("a/y")), ino("a"));
+    assert_eq!(names("a/y"), ["new", "top2"]);
+}
+
+/// Concurrent streams of one merged directory share the daemon's snapshot: none lists a
+/// name twice or misses one that exists throughout, while names are removed and
+/// re-listed between and during the reads.
+#[test]
+fn concurrent_listings_of_a_changing_directory() {
+    if !common::require_mount_privilege("concurrent_listings_of_a_changing_directory") {
+        return;
+    }
+    let s = Scratch::new();
+    for (l, range) in [(0, 0..1500u32), (1, 1000..3000u32)] {
+        let d = s.lower(l).join("d");
+        fs::create_dir_all(&d).unwrap();
+        for i in range {
+            fs::write(d.join(format!("f{i:05}")), "").unwrap();
+        }
+    }
+    let m = s.mount(2, "");
+    let dir = m.path("d");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut rounds = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds < 3 {
+                        let mut v: Vec<String> = fs::read_dir(&dir)
+                            .unwrap()
+                            .map(|e| e.unwrap().file_name().into_string().unwrap())
+                            .collect();
+                        let n = v.len();
+                        v.sort();
+                        v.dedup();
+                        assert_eq!(v.len(), n, "a name listed twice");
+                        // f02000.. are never removed
+                        for i in 2000..3000u32 {
+                            assert!(
+                                v.binary_search(&format!("f{i:05}")).is_ok(),
+                                "f{i:05} missing"
+                            );
+                        }
+                        rounds += 1;
+                    }
+                })
+            })
+            .collect();
+        for i in (0..2000u32).step_by(10) {
+            fs::remove_file(dir.join(format!("f{i:05}"))).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+    });
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 3000 - 200);
+}
+
 #[test]
 fn readdir_ino_matches_stat_and_is_stable() {
     if !common::require_mount_privilege("readdir_ino_matches_stat_and_is_stable") {
@@ -326,6 +461,53 @@ fn readdir_ino_matches_stat_and_is_stable() {
         .collect();
     after.sort();
     assert_eq!(after, before, "st_ino changed across remount");
+}
+
+/// Whiteouts are hard links of one char 0/0 inode (as the kernel overlay makes them),
+/// and one made after the previous whiteout's name got a new file is still a whiteout,
+/// not a link of that file.
+#[test]
+fn whiteouts_share_one_inode_and_never_link_a_file() {
+    if !common::require_mount_privilege("whiteouts_share_one_inode_and_never_link_a_file") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::create_dir_all(s.lower(0).join("d/sub")).unwrap();
+    for n in ["a", "b", "c", "sub/x"] {
+        fs::write(s.lower(0).join("d").join(n), n).unwrap();
+    }
+    {
+        let m = s.mount(1, "");
+        fs::remove_file(m.path("d/a")).unwrap();
+        fs::remove_file(m.path("d/b")).unwrap();
+        let (wa, wb) = (s.upper().join("d/a"), s.upper().join("d/b"));
+        assert!(is_char_whiteout(&wa) && is_char_whiteout(&wb));
+        assert_eq!(
+            fs::symlink_metadata(&wa).unwrap().ino(),
+            fs::symlink_metadata(&wb).unwrap().ino(),
+            "whiteouts not shared"
+        );
+        // The names that held whiteouts get files; the next whiteouts stay whiteouts.
+        fs::write(m.path("d/b"), "new b").unwrap();
+        fs::write(m.path("d/a"), "new a").unwrap();
+        fs::remove_file(m.path("d/c")).unwrap();
+        fs::remove_dir_all(m.path("d/sub")).unwrap();
+        for n in ["c", "sub"] {
+            assert!(is_char_whiteout(&s.upper().join("d").join(n)), "{n}");
+        }
+        assert_eq!(fs::read_to_string(m.path("d/a")).unwrap(), "new a");
+        assert_eq!(fs::read_to_string(m.path("d/b")).unwrap(), "new b");
+        assert_eq!(fs::metadata(m.path("d/a")).unwrap().nlink(), 1);
+        assert!(fs::symlink_metadata(m.path("d/c")).is_err());
+    }
+    let m = s.mount(1, "");
+    let mut names: Vec<_> = fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(fs::read_to_string(m.path("d/a")).unwrap(), "new a");
 }
 
 #[test]

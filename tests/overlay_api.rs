@@ -396,6 +396,79 @@ fn create_without_excl_opens_an_existing_file() {
     assert_eq!(e.errno(), libc::EISDIR);
 }
 
+/// Directory listings read by inode (no open handles): a snapshot shared by the streams of
+/// a directory, refreshed at offset 0 without repeating a name to a stream under way,
+/// dropped at the end of the listing and when the directory is forgotten; unfinished
+/// listings of big directories do not pile up.
+#[test]
+fn listings_by_inode_share_and_drop_snapshots() {
+    let e = Env::new();
+    for i in 0..300 {
+        write(&e.p(&format!("l0/d/f{i:04}")), "");
+    }
+    for i in 0..70_000 {
+        let l = if i % 2 == 0 { "l0" } else { "l1" };
+        let d = if i < 35_000 { "big1" } else { "big2" };
+        write(&e.p(&format!("{l}/{d}/g{i:06}")), "");
+    }
+    let ov = e.ov();
+    let (d, _) = ov.lookup(ROOT_ID, b"d").unwrap();
+    // Stream A reads 100 entries, stream B starts over (a fresh snapshot) after a new file
+    // appears, A goes on: no name twice, every name once.
+    let read = |off: u64, max: usize| {
+        let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
+        ov.readdir(d.id, off, |next, ent| {
+            got.push((next, ent.name.clone()));
+            got.len() >= max
+        })
+        .unwrap();
+        got
+    };
+    let a1 = read(0, 100);
+    assert_eq!(ov.listing_entries_kept(), 302);
+    ov.create(d.id, b"new", 0o644, libc::O_WRONLY, me())
+        .unwrap();
+    let b = read(0, 10_000);
+    assert_eq!(b.len(), 303);
+    let mut a = a1.clone();
+    let mut off = a1.last().unwrap().0;
+    loop {
+        let more = read(off, 50);
+        if more.is_empty() {
+            break;
+        }
+        off = more.last().unwrap().0;
+        a.extend(more);
+    }
+    let mut names: Vec<_> = a.iter().map(|(_, n)| n.clone()).collect();
+    names.sort();
+    let n = names.len();
+    names.dedup();
+    assert_eq!(names.len(), n, "a name listed twice");
+    assert!(n >= 302, "{n} entries");
+    assert_eq!(ov.listing_entries_kept(), 0, "snapshot kept after the end");
+    // An unfinished listing is dropped when the kernel forgets the directory.
+    read(0, 1);
+    assert_eq!(ov.listing_entries_kept(), 303);
+    ov.forget(d.id, 1);
+    assert_eq!(ov.listing_entries_kept(), 0);
+    // Unfinished listings of big directories: the idle one is dropped.
+    let (b1, _) = ov.lookup(ROOT_ID, b"big1").unwrap();
+    let (b2, _) = ov.lookup(ROOT_ID, b"big2").unwrap();
+    ov.readdir(b1.id, 0, |_, _| true).unwrap();
+    assert_eq!(ov.listing_entries_kept(), 35_002);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (b3, _) = ov.lookup(ROOT_ID, b"big2").unwrap();
+    assert_eq!(b3.id, b2.id);
+    // (together above the bound, and big1's has not been read for a second)
+    ov.readdir(b2.id, 0, |_, _| true).unwrap();
+    assert_eq!(
+        ov.listing_entries_kept(),
+        35_002,
+        "idle snapshot of big1 kept"
+    );
+}
+
 /// The daemon's own privilege dropping, driven as the FUSE adapter drives it for a
 /// request from a caller (here one /proc cannot tell about: pid 0, no capability, no
 /// supplementary group): a WRITE with the kill flag drops set-user-id and, outside the
