@@ -1,4 +1,5 @@
-//! Open files and directories, and file I/O on the real objects (the kernel's file.c).
+//! Open regular files and file I/O on the real objects (the kernel's file.c); directories
+//! are listed without being opened (see readdir.rs).
 
 use crate::attr::{Kill, NO_CAPS, NO_SETID};
 use crate::copy_up::Data;
@@ -73,11 +74,6 @@ pub enum IoPlan {
 }
 
 impl Handle {
-    /// The real file as opened (see [`Overlay::file_fd`] for the current one).
-    pub fn fd(&self) -> Result<Arc<OwnedFd>> {
-        Ok(self.file.fd.read().clone())
-    }
-
     /// The handle reads a lower file its node no longer takes its data from (passed
     /// through to the lower file before a copy-up): its fd says nothing about the node's
     /// attributes.

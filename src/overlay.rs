@@ -1119,7 +1119,7 @@ impl Overlay {
         let fh = self
             .handles
             .iter()
-            .find(|h| h.node.id == id && h.fd().is_ok())
+            .find(|h| h.node.id == id)
             .map(|h| *h.key());
         if let Some(fh) = fh {
             return self.getattr_fh(id, fh);
