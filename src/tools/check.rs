@@ -108,23 +108,24 @@ impl Checker<'_> {
             let fix = || Some(Fix::RemoveXattr(dir.clone(), name.to_vec(), x.clone()));
             let xs = bstr(&x);
             let vs = bstr(&v);
-            if whiteout::OPAQUE_XATTRS.contains(&x.as_slice()) {
-                if !st.is_dir() {
-                    self.add(
-                        "misplaced-xattr",
-                        path.into(),
-                        format!("{xs} on a non-directory"),
-                        fix(),
-                    );
-                } else if whiteout::parse_opaque(&v) == OpaqueValue::No {
-                    self.add(
-                        "bad-opaque",
-                        path.into(),
-                        format!("{xs}={vs:?} (not y or x)"),
-                        fix(),
-                    );
-                }
+            // Opaque and redirect markers belong on directories only, with a value the
+            // daemon understands.
+            let dir_marker = if whiteout::OPAQUE_XATTRS.contains(&x.as_slice()) {
+                Some((
+                    "bad-opaque",
+                    whiteout::parse_opaque(&v) == OpaqueValue::No,
+                    format!("{xs}={vs:?} (not y or x)"),
+                ))
             } else if whiteout::REDIRECT_XATTRS.contains(&x.as_slice()) {
+                Some((
+                    "bad-redirect",
+                    whiteout::parse_redirect(&v).is_none(),
+                    format!("{xs}={vs:?} is malformed (ignored by the daemon)"),
+                ))
+            } else {
+                None
+            };
+            if let Some((kind, bad_value, what)) = dir_marker {
                 if !st.is_dir() {
                     self.add(
                         "misplaced-xattr",
@@ -132,13 +133,8 @@ impl Checker<'_> {
                         format!("{xs} on a non-directory"),
                         fix(),
                     );
-                } else if whiteout::parse_redirect(&v).is_none() {
-                    self.add(
-                        "bad-redirect",
-                        path.into(),
-                        format!("{xs}={vs:?} is malformed (ignored by the daemon)"),
-                        fix(),
-                    );
+                } else if bad_value {
+                    self.add(kind, path.into(), what, fix());
                 }
             } else if x.ends_with(b"layerfs.origin") {
                 if std::str::from_utf8(&v)
