@@ -324,6 +324,18 @@ fn entry_of(full: &Path, md: &std::fs::Metadata, o: &SnapOpts) -> Entry {
     }
 }
 
+/// Whether every proper ancestor of `rel` under `root` is a directory reached
+/// without following a symlink.
+fn parents_are_dirs(root: &Path, rel: &Path) -> bool {
+    let mut dir = root.to_path_buf();
+    let mut comps: Vec<_> = rel.components().collect();
+    comps.pop();
+    comps.into_iter().all(|c| {
+        dir.push(c);
+        std::fs::symlink_metadata(&dir).is_ok_and(|md| md.file_type().is_dir())
+    })
+}
+
 /// Read the whole visible tree under `root`. The paths of `known` (the previous snapshot
 /// of this mount) are read first by path, before any readdir: through the kernel's cached
 /// dentries, so a daemon whose inode state went stale shows it (a readdir could refresh
@@ -334,6 +346,14 @@ pub fn snapshot(root: &Path, o: &SnapOpts, known: Option<&Snapshot>) -> Snapshot
     s.ino.insert(PathBuf::new(), root_md.ino());
     let mut by_path: BTreeMap<PathBuf, (u64, u8)> = BTreeMap::new();
     for p in known.iter().flat_map(|k| k.entries.keys()) {
+        // A name known before is looked up again only if its parents are still
+        // directories: a parent replaced by a symlink (RENAME_EXCHANGE of a
+        // directory with a symlink) would make lstat find it by following that
+        // symlink, on the kernel overlay as on layerfs, while no readdir of the
+        // walk lists it under that path.
+        if !parents_are_dirs(root, p) {
+            continue;
+        }
         let full = root.join(p);
         if let Ok(md) = std::fs::symlink_metadata(&full) {
             by_path.insert(p.clone(), (md.ino(), dtype_of(&md)));
