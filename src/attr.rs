@@ -250,8 +250,10 @@ impl Overlay {
             return Ok(false);
         }
         let (dir, name) = self.real_loc(node)?;
+        let mut had_caps = false;
         if check_caps {
             if sys::getxattr(dir.as_fd(), &name, CAPS_XATTR)?.is_some() {
+                had_caps = true;
                 match sys::removexattr(dir.as_fd(), &name, CAPS_XATTR) {
                     Err(e) if !e.is(libc::ENODATA) => return Err(e),
                     _ => {}
@@ -270,6 +272,17 @@ impl Overlay {
             if let Some(f) = fsetid {
                 cred.fsetid = f;
             }
+            // A SETATTR without change (kill == Write, fsetid unknown) comes from the
+            // VFS's file_remove_privs before a write, or from chown(f, -1, -1). For a
+            // caller holding CAP_FSETID the write path sends one only to remove a file
+            // capability: with none there, it is the chown, which drops set-user-id
+            // whoever asks. (With a capability present both remain possible; the
+            // write's rules, which keep the mode, are applied.)
+            let kill = if kill == Kill::Write && fsetid.is_none() && cred.fsetid && !had_caps {
+                Kill::Chown
+            } else {
+                kill
+            };
             let new = mode_after_kill(mode, a.st.gid, kill, &cred);
             if new != mode {
                 log::debug!(

@@ -189,6 +189,9 @@ const KILL_FILES: &[(&str, &str, &str)] = &[
     // chown by root: set-user-id dropped; set-group-id only with group-execute
     ("suid_chown", "0:0", "6745"),
     ("sgid_x_chown", "0:0", "2775"),
+    // chown(f, -1, -1) by root: the kernel sends a SETATTR without change
+    ("suid_chown_same", "0:0", "6745"),
+    ("sgid_x_chown_same", "0:0", "2775"),
     // chgrp by the owner outside the old group: both dropped (the daemon's own chown,
     // as root, would keep set-group-id)
     ("owned_chgrp", "65533:0", "6766"),
@@ -220,6 +223,8 @@ const KILL_STEPS: &[(By, &str, &str)] = &[
     (By::Root, "echo x >> ", "suid_root_write"),
     (By::Root, "chown 0:0 ", "suid_chown"),
     (By::Root, "chgrp 0 ", "sgid_x_chown"),
+    (By::Root, CHOWN_SAME, "suid_chown_same"),
+    (By::Root, CHOWN_SAME, "sgid_x_chown_same"),
     (By::User, "chgrp 65533 ", "owned_chgrp"),
     (By::User, "echo x >> ", "cap_user_write"),
     (By::Root, "echo x >> ", "cap_root_write"),
@@ -227,6 +232,9 @@ const KILL_STEPS: &[(By, &str, &str)] = &[
     (By::Root, "chown 0:0 ", "cap_chown"),
     (By::User, "cat ", "cap_read"),
 ];
+
+/// chown(path, -1, -1): no owner given, so nothing to change but the set-id bits.
+const CHOWN_SAME: &str = "perl -e 'chown(-1, -1, $ARGV[0]) == 1 or die $!' ";
 
 const CAP_NET_RAW_EP: &str = "0x0100000200200000000000000000000000000000";
 
@@ -348,6 +356,8 @@ fn kill_like_kernel(opts: &str, passthrough: bool) {
         "/suid_root_write 6777 ",
         "/suid_chown 2745 ",
         "/sgid_x_chown 775 ",
+        "/suid_chown_same 2745 ",
+        "/sgid_x_chown_same 775 ",
         "/owned_chgrp 766 ",
         "/cap_root_write 755 0:0 4 cap=\n",
         "/cap_read 644 0:0 2 cap=0100000200200000000000000000000000000000\n",
