@@ -325,7 +325,8 @@ impl Overlay {
                 return Ok(attr);
             }
         }
-        self.attr_of(&node)
+        // No such handle (handle 0 with `noopen`): as without one.
+        self.getattr(ino)
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<Vec<u8>> {
