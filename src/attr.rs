@@ -134,12 +134,15 @@ impl Overlay {
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
         self.check_writable()?;
         let node = self.node(ino)?;
-        {
+        let data = match a.size {
+            Some(n) => Data::UpTo(n),
+            None => Data::Full,
+        };
+        if self.cfg.noopen {
+            // (also a lower file unlinked since it was opened: see `copy_up_held`)
+            self.copy_up_held(&node, data)?;
+        } else {
             let _g = self.tree.read();
-            let data = match a.size {
-                Some(n) => Data::UpTo(n),
-                None => Data::Full,
-            };
             self.copy_up(&node, data)?;
         }
         let (dir, name) = self.upper_loc(&node)?;

@@ -329,7 +329,7 @@ impl Overlay {
     /// write through an fd opened before the unlink lands here: in a private copy that
     /// lives as long as the kernel holds the inode, as on the kernel overlay (whose open
     /// copied the file up before the unlink).
-    pub(crate) fn copy_up_orphan(&self, node: &Arc<Node>) -> Result<()> {
+    pub(crate) fn copy_up_orphan(&self, node: &Arc<Node>, data: Data) -> Result<()> {
         self.check_writable()?;
         let _g = node.copy_lock.lock();
         let lower = {
@@ -343,7 +343,7 @@ impl Overlay {
         };
         let work = self.work()?.clone();
         let st = sys::fstatat(lower.dir.as_fd(), &lower.name)?;
-        let tmp = self.stage_copy(&work, &lower.dir, &lower.name, &st, node.st_ino, Data::Full)?;
+        let tmp = self.stage_copy(&work, &lower.dir, &lower.name, &st, node.st_ino, data)?;
         let mut staged = Staged {
             work: work.as_fd(),
             name: tmp.clone(),

@@ -128,25 +128,26 @@ impl Overlay {
         Ok(f)
     }
 
-    /// Bring the node's data into the upper before it is written through the inode (no
-    /// copy-up happened at open): the usual copy-up, or for a lower file removed from the
-    /// union while the kernel holds it, a copy into the workdir as its orphan.
-    fn copy_up_for_write(&self, node: &Arc<Node>) -> Result<()> {
+    /// Bring the node's data into the upper before it is changed through the inode (with
+    /// `noopen` no copy-up happened at open): the usual copy-up, or for a lower file
+    /// removed from the union while the kernel holds it (an fd opened before the unlink),
+    /// a copy into the workdir as its orphan. `data`: as for [`Overlay::copy_up`].
+    pub(crate) fn copy_up_held(&self, node: &Arc<Node>, data: Data) -> Result<()> {
         self.check_writable()?;
         let lower_deleted = || {
             let s = node.s.lock();
-            s.deleted && !s.in_upper && !s.indexed
+            s.kind == libc::S_IFREG && s.deleted && !s.in_upper && !s.indexed
         };
         if lower_deleted() {
-            return self.with_space_retry(|| self.copy_up_orphan(node));
+            return self.with_space_retry(|| self.copy_up_orphan(node, data));
         }
         let r = {
             let _g = self.tree.read();
-            self.copy_up(node, Data::Full)
+            self.copy_up(node, data)
         };
         match r {
             Err(e) if e.is(libc::ENOENT) && lower_deleted() => {
-                self.with_space_retry(|| self.copy_up_orphan(node))
+                self.with_space_retry(|| self.copy_up_orphan(node, data))
             }
             r => r,
         }
@@ -201,7 +202,7 @@ impl Overlay {
             return self.write_as(fh, off, data, who);
         }
         let node = self.node(ino)?;
-        self.copy_up_for_write(&node)?;
+        self.copy_up_held(&node, Data::Full)?;
         self.kill_privs_on_write(&node, who)?;
         let f = self.ino_file(&node, true)?;
         self.write_fd(&f.fd, off, data)
@@ -227,7 +228,7 @@ impl Overlay {
             return self.fallocate(fh, off, len, mode);
         }
         let node = self.node(ino)?;
-        self.copy_up_for_write(&node)?;
+        self.copy_up_held(&node, Data::Full)?;
         let f = self.ino_file(&node, true)?;
         sys::fallocate(f.fd.as_fd(), mode, off, len)
     }
