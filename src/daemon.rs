@@ -146,6 +146,9 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
     };
     if opts.noopen {
         log::info!("noopen: regular files are opened without the daemon; no FUSE passthrough");
+        if opts.passthrough == crate::options::Passthrough::All {
+            log::warn!("passthrough=all has no effect with noopen");
+        }
     }
     sys::block_signals();
     let config = fuse_config(opts, ov.cfg.read_only);
