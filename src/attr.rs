@@ -134,12 +134,15 @@ impl Overlay {
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
         self.check_writable()?;
         let node = self.node(ino)?;
-        {
+        let data = match a.size {
+            Some(n) => Data::UpTo(n),
+            None => Data::Full,
+        };
+        if self.cfg.noopen {
+            // (also a lower file unlinked since it was opened: see `copy_up_held`)
+            self.copy_up_held(&node, data)?;
+        } else {
             let _g = self.tree.read();
-            let data = match a.size {
-                Some(n) => Data::UpTo(n),
-                None => Data::Full,
-            };
             self.copy_up(&node, data)?;
         }
         let (dir, name) = self.upper_loc(&node)?;
@@ -338,7 +341,8 @@ impl Overlay {
                 return Ok(attr);
             }
         }
-        self.attr_of(&node)
+        // No such handle (handle 0 with `noopen`): as without one.
+        self.getattr(ino)
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<Vec<u8>> {

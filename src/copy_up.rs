@@ -323,6 +323,44 @@ impl Overlay {
         Ok(())
     }
 
+    /// Copy the data of a lower file that was removed from the union while the kernel still
+    /// holds it into the workdir as the node's orphan (see `dir.rs`), staged like any
+    /// copy-up. With `noopen` a file opened for writing is not copied up at open, so a
+    /// write through an fd opened before the unlink lands here: in a private copy that
+    /// lives as long as the kernel holds the inode, as on the kernel overlay (whose open
+    /// copied the file up before the unlink).
+    pub(crate) fn copy_up_orphan(&self, node: &Arc<Node>, data: Data) -> Result<()> {
+        self.check_writable()?;
+        let _g = node.copy_lock.lock();
+        let lower = {
+            let s = node.s.lock();
+            if s.in_upper || s.indexed {
+                return Ok(());
+            }
+            s.lower
+                .clone()
+                .ok_or_else(|| Error::from_errno(libc::EIO))?
+        };
+        let work = self.work()?.clone();
+        let st = sys::fstatat(lower.dir.as_fd(), &lower.name)?;
+        let tmp = self.stage_copy(&work, &lower.dir, &lower.name, &st, node.st_ino, data)?;
+        let mut staged = Staged {
+            work: work.as_fd(),
+            name: tmp.clone(),
+            is_dir: false,
+            live: true,
+        };
+        let (work, oname) = self.orphan_slot(node)?;
+        sys::renameat2(work.as_fd(), &tmp, work.as_fd(), &oname, 0)
+            .map_err(|e| e.context("copy-up into an orphan"))?;
+        staged.live = false;
+        // (the orphan first: meanwhile the node still reads the lower file)
+        self.set_orphan(node, oname);
+        node.s.lock().in_upper = true;
+        self.counters.copy_ups.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Make the specific name (parent, name) of a non-directory exist in the upper: copy the
     /// object up under that name, or, when another name of the same (hard-linked) object is
     /// already in the upper, link that one (no data copy).

@@ -139,9 +139,17 @@ pub fn mount_and_serve(opts: &Options, ready: Option<OwnedFd>) -> i32 {
         acl: !opts.noacl,
         passthrough: opts.passthrough != crate::options::Passthrough::Off
             && !opts.writeback
+            && !opts.noopen
             && passthrough_permitted(),
         no_opendir: false,
+        noopen: opts.noopen,
     };
+    if opts.noopen {
+        log::info!("noopen: regular files are opened without the daemon; no FUSE passthrough");
+        if opts.passthrough == crate::options::Passthrough::All {
+            log::warn!("passthrough=all has no effect with noopen");
+        }
+    }
     sys::block_signals();
     let config = fuse_config(opts, ov.cfg.read_only);
     let session = match Session::new(fs, &opts.mountpoint, &config) {
@@ -347,7 +355,11 @@ pub fn counters_line(ov: &Overlay) -> String {
         ov.counters.copy_up_bytes.load(Ordering::Relaxed),
         ov.counters.whiteouts.load(Ordering::Relaxed),
         ov.counters.requests.summary(),
-    )
+    ) + &if ov.cfg.noopen {
+        format!(" fds_by_inode={}", ov.ino_fds())
+    } else {
+        String::new()
+    }
 }
 
 pub fn dump_counters(ov: &Overlay) {

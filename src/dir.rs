@@ -388,7 +388,7 @@ impl Overlay {
     }
 
     /// The workdir and the node's orphan name in it, cleared of a stale entry.
-    fn orphan_slot(&self, node: &Node) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
+    pub(crate) fn orphan_slot(&self, node: &Node) -> Result<(Arc<OwnedFd>, Vec<u8>)> {
         let work = self.work()?.clone();
         let oname = format!("orphan-{:016x}", node.id).into_bytes();
         let _ = sys::unlinkat(work.as_fd(), &oname, false);
@@ -434,7 +434,7 @@ impl Overlay {
 
     /// Record the node's orphan; if the kernel forgot the node meanwhile (the forget saw
     /// no orphan yet), remove it here.
-    fn set_orphan(&self, node: &Arc<Node>, oname: Vec<u8>) {
+    pub(crate) fn set_orphan(&self, node: &Arc<Node>, oname: Vec<u8>) {
         self.orphans.fetch_add(1, Ordering::AcqRel);
         node.s.lock().orphan = Some(oname);
         if node.lookups.load(Ordering::Acquire) == 0 {

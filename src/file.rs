@@ -106,17 +106,57 @@ fn lower_map(h: &Handle, read_only: bool) -> Option<&sys::Mmap> {
         return None;
     }
     f.map
-        .get_or_init(|| {
-            let fd = f.fd.read().clone();
-            let size = sys::fstat(fd.as_fd()).ok()?.size;
-            if size < MAP_MIN || usize::try_from(size).is_err() {
-                return None;
-            }
-            sys::Mmap::map(fd.as_fd(), size as usize)
-                .map_err(|e| log::debug!("map lower file of {}: {e}", h.node.st_ino))
-                .ok()
-        })
+        .get_or_init(|| map_lower(&f.fd.read().clone(), h.node.st_ino))
         .as_ref()
+}
+
+/// A mapping of lower file `fd` (of the object numbered `st_ino`) to answer reads from,
+/// when it is large enough to pay (see [`MAP_MIN`]).
+pub(crate) fn map_lower(fd: &OwnedFd, st_ino: u64) -> Option<sys::Mmap> {
+    let size = sys::fstat(fd.as_fd()).ok()?.size;
+    if size < MAP_MIN || usize::try_from(size).is_err() {
+        return None;
+    }
+    sys::Mmap::map(fd.as_fd(), size as usize)
+        .map_err(|e| log::debug!("map lower file of {st_ino}: {e}"))
+        .ok()
+}
+
+/// Answer a read of `size` bytes at `off`: from `map` (a lower file's mapping) when there
+/// is one, else with `pread` from the fd `fd` gives.
+pub(crate) fn read_from<R>(
+    map: Option<&sys::Mmap>,
+    fd: impl FnOnce() -> Result<Arc<OwnedFd>>,
+    off: u64,
+    size: u32,
+    reply: impl FnOnce(Result<&[u8]>) -> R,
+) -> R {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if let Some(m) = map {
+        let r = reply(Ok(m.slice(off, size as usize)));
+        let end = off + size as u64;
+        if end / UNMAP_CHUNK > off / UNMAP_CHUNK {
+            let chunk = end / UNMAP_CHUNK * UNMAP_CHUNK - UNMAP_CHUNK;
+            m.unmap_pages(chunk, UNMAP_CHUNK);
+        }
+        return r;
+    }
+    let fd = match fd() {
+        Ok(fd) => fd,
+        Err(e) => return reply(Err(e)),
+    };
+    BUF.with_borrow_mut(|buf| {
+        let size = size as usize;
+        if buf.len() < size {
+            buf.resize(size, 0);
+        }
+        match pread_full(fd.as_fd(), &mut buf[..size], off) {
+            Ok(n) => reply(Ok(&buf[..n])),
+            Err(e) => reply(Err(e)),
+        }
+    })
 }
 
 fn wants_write(flags: i32) -> bool {
@@ -124,7 +164,7 @@ fn wants_write(flags: i32) -> bool {
 }
 
 /// `pread` until `buf` is full or the end of the file: the number of bytes read.
-fn pread_full(fd: std::os::fd::BorrowedFd, buf: &mut [u8], off: u64) -> Result<usize> {
+pub(crate) fn pread_full(fd: std::os::fd::BorrowedFd, buf: &mut [u8], off: u64) -> Result<usize> {
     let mut done = 0usize;
     while done < buf.len() {
         let n = sys::pread(fd, &mut buf[done..], off + done as u64)?;
@@ -579,36 +619,12 @@ impl Overlay {
         size: u32,
         reply: impl FnOnce(Result<&[u8]>) -> R,
     ) -> R {
-        thread_local! {
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
         let h = match self.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply(Err(e)),
         };
-        if let Some(m) = lower_map(&h, self.cfg.read_only) {
-            let r = reply(Ok(m.slice(off, size as usize)));
-            let end = off + size as u64;
-            if end / UNMAP_CHUNK > off / UNMAP_CHUNK {
-                let chunk = end / UNMAP_CHUNK * UNMAP_CHUNK - UNMAP_CHUNK;
-                m.unmap_pages(chunk, UNMAP_CHUNK);
-            }
-            return r;
-        }
-        let fd = match self.file_fd(&h) {
-            Ok(fd) => fd,
-            Err(e) => return reply(Err(e)),
-        };
-        BUF.with_borrow_mut(|buf| {
-            let size = size as usize;
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
-            match pread_full(fd.as_fd(), &mut buf[..size], off) {
-                Ok(n) => reply(Ok(&buf[..n])),
-                Err(e) => reply(Err(e)),
-            }
-        })
+        let map = lower_map(&h, self.cfg.read_only);
+        read_from(map, || self.file_fd(&h), off, size, reply)
     }
 
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32> {
@@ -626,12 +642,28 @@ impl Overlay {
         who: Option<(&Caller, bool)>,
     ) -> Result<u32> {
         let h = self.handle(fh)?;
+        self.kill_privs_on_write(&h.node, who)?;
+        let fd = self.file_fd(&h)?;
+        self.write_fd(&fd, off, data)
+    }
+
+    /// Before a write by `who` (see [`Overlay::write_as`]): drop set-id bits and the file
+    /// capability as the VFS does.
+    pub(crate) fn kill_privs_on_write(
+        &self,
+        node: &Node,
+        who: Option<(&Caller, bool)>,
+    ) -> Result<()> {
         if let Some((who, kill)) = who {
-            if self.kill_privs(&h.node, Kill::Write, who, Some(!kill))? {
-                self.invalidate_attr(h.node.id);
+            if self.kill_privs(node, Kill::Write, who, Some(!kill))? {
+                self.invalidate_attr(node.id);
             }
         }
-        let fd = self.file_fd(&h)?;
+        Ok(())
+    }
+
+    /// Write all of `data` at `off` to the real file `fd`: the number of bytes written.
+    pub(crate) fn write_fd(&self, fd: &OwnedFd, off: u64, data: &[u8]) -> Result<u32> {
         let mut done = 0usize;
         while done < data.len() {
             let at = off + done as u64;

@@ -30,6 +30,9 @@ pub struct Fs {
     pub passthrough: bool,
     /// The kernel opens directories without OPENDIR once told ENOSYS (set at init).
     pub no_opendir: bool,
+    /// `noopen`: OPEN is answered ENOSYS, so the kernel opens regular files alone and
+    /// sends their I/O with handle 0 (see `ino_io.rs`).
+    pub noopen: bool,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -218,8 +221,7 @@ fn pt_flags(direct_io: bool) -> FopenFlags {
 
 impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let mut want = InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_DO_READDIRPLUS
+        let mut want = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_EXPORT_SUPPORT
@@ -231,6 +233,11 @@ impl Filesystem for Fs {
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.acl {
             want |= InitFlags::FUSE_POSIX_ACL;
+        }
+        if !self.noopen {
+            // O_TRUNC handled by OPEN. Not with `noopen`: an open without OPEN would then
+            // truncate nothing (the kernel skips the SETATTR it sends otherwise).
+            want |= InitFlags::FUSE_ATOMIC_O_TRUNC;
         }
         for f in want.iter() {
             if config.add_capabilities(f).is_err() {
@@ -442,6 +449,10 @@ impl Filesystem for Fs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.ov.counters.requests.count(Op::Open);
+        if self.noopen {
+            // Once: the kernel then opens regular files without OPEN and RELEASE.
+            return reply.error(Errno::ENOSYS);
+        }
         let deadline = std::time::Instant::now() + crate::file::PINNED_WAIT;
         open_file(&self.ov, ino.0, flags.0, caller(req), reply, deadline);
     }
@@ -449,7 +460,7 @@ impl Filesystem for Fs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -458,16 +469,17 @@ impl Filesystem for Fs {
         reply: ReplyData,
     ) {
         self.ov.counters.requests.count(Op::Read);
-        self.ov.read_with(fh.0, offset, size, |r| match r {
-            Ok(data) => reply.data(data),
-            Err(e) => reply.error(errno(&e)),
-        })
+        self.ov
+            .read_file_with(ino.0, fh.0, offset, size, |r| match r {
+                Ok(data) => reply.data(data),
+                Err(e) => reply.error(errno(&e)),
+            })
     }
 
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -485,7 +497,7 @@ impl Filesystem for Fs {
                 write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
             )
         });
-        match self.ov.write_as(fh.0, offset, data, who) {
+        match self.ov.write_file(ino.0, fh.0, offset, data, who) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -524,13 +536,13 @@ impl Filesystem for Fs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         self.ov.counters.requests.count(Op::Fsync);
-        self.empty(reply, "fsync", self.ov.fsync(fh.0, datasync))
+        self.empty(reply, "fsync", self.ov.fsync_file(ino.0, fh.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -750,7 +762,7 @@ impl Filesystem for Fs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -761,21 +773,21 @@ impl Filesystem for Fs {
         self.empty(
             reply,
             "fallocate",
-            self.ov.fallocate(fh.0, offset, length, mode),
+            self.ov.fallocate_file(ino.0, fh.0, offset, length, mode),
         )
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
         self.ov.counters.requests.count(Op::Lseek);
-        match self.ov.lseek(fh.0, offset, whence) {
+        match self.ov.lseek_file(ino.0, fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(&e)),
         }

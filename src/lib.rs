@@ -14,6 +14,7 @@
 //! - [`dir`]: create, link, unlink, rmdir, rename
 //! - [`attr`]: setattr and xattrs
 //! - [`file`]: open files and directories, I/O
+//! - [`ino_io`]: regular-file I/O by inode (`noopen`)
 //! - [`fuse`]: the thin `fuser::Filesystem` adapter
 //! - [`daemon`]: mounting, daemonizing, signals, the log
 //! - [`counters`]: requests-by-type counters
@@ -29,6 +30,7 @@ pub mod error;
 pub mod file;
 pub mod fuse;
 pub mod idmap;
+pub mod ino_io;
 pub mod inode;
 pub mod layer;
 pub mod options;

@@ -53,6 +53,9 @@ pub struct Options {
     pub writeback: bool,
     /// `passthrough=all|upper|off`: which files FUSE passthrough may be used for.
     pub passthrough: Passthrough,
+    /// `noopen`: the kernel opens regular files without asking the daemon (OPEN answered
+    /// ENOSYS); reads and writes come by inode, FUSE passthrough is off.
+    pub noopen: bool,
     pub fast_ino: bool,
     pub noxattrs: bool,
     /// `xattr_permissions=0|1|2`.
@@ -102,6 +105,7 @@ impl Default for Options {
             timeout: None,
             writeback: false,
             passthrough: Passthrough::Upper,
+            noopen: false,
             fast_ino: false,
             noxattrs: false,
             xattr_permissions: 0,
@@ -201,6 +205,9 @@ pub fn help_text() -> &'static str {
         "    writeback=0|1            enable the kernel writeback cache\n",
         "    passthrough=all|upper|off  FUSE passthrough for upper and read-only-opened lower\n",
         "                             files / upper files only / never (default upper)\n",
+        "    noopen[=0|1]             the kernel opens regular files without asking layerfs\n",
+        "                             (no OPEN/RELEASE round trips; no passthrough; copy-up\n",
+        "                             at the first write instead of at open)\n",
         "    fast_ino[=0|1]           faster, less stable inode numbers\n",
         "    noxattrs[=0|1]           disable extended attributes\n",
         "    plugins=...              not supported; ignored with a warning\n",
@@ -581,6 +588,7 @@ fn apply_option(opts: &mut Options, opt: &[u8]) -> Result<(), String> {
                 _ => return Err(invalid(name, v, "all, upper or off")),
             };
         }
+        "noopen" => opts.noopen = parse_bool(name, value)?,
         "fast_ino" => opts.fast_ino = parse_bool(name, value)?,
         "noxattrs" => opts.noxattrs = parse_bool(name, value)?,
         "plugins" => opts.warnings.push(format!(
@@ -1026,6 +1034,7 @@ mod tests {
             "timeout",
             "writeback",
             "passthrough",
+            "noopen",
             "fast_ino",
             "noxattrs",
             "plugins",
@@ -1080,7 +1089,7 @@ mod tests {
             "-o",
             "lowerdir=/l,upperdir=/u,workdir=/w,uidmapping=0:1:1,gidmapping=0:1:1,\
              squash_to_root,squash_to_uid=1,squash_to_gid=2,static_nlink,noacl,fsync=1,\
-             threaded=2,timeout=1.5,writeback=1,fast_ino,noxattrs=1,\
+             threaded=2,timeout=1.5,writeback=1,fast_ino,noxattrs=1,noopen,\
              xattr_permissions=1,ino32_t,xino=auto,redirect_dir=nofollow,context=x,\
              allow_other,allow_root,default_permissions,nosuid,nodev,noexec,noatime,ro,\
              private,metacopy=on,index=off,userxattr,nfs_export=off,suid,dev,exec,atime,\
@@ -1091,15 +1100,19 @@ mod tests {
         assert!(o.squash_to_root && o.static_nlink && o.noacl && o.fsync);
         assert_eq!(o.threads, 2);
         assert_eq!(o.timeout, Some(1.5));
-        assert!(o.writeback && o.fast_ino && o.noxattrs && o.ino32);
+        assert!(o.writeback && o.fast_ino && o.noxattrs && o.ino32 && o.noopen);
         assert_eq!(o.xattr_permissions, 1);
         assert_eq!(o.xino.as_deref(), Some("auto"));
         assert!(!o.redirect_dir);
         assert!(o.allow_other && o.allow_root && o.default_permissions);
         assert!(o.nosuid == Some(true) && o.nodev == Some(true));
         assert!(o.noexec && o.noatime && o.ro);
-        let o = mount(&["-o", "lowerdir=/l,fast_ino=0,noxattrs=0,writeback=0", "/m"]);
-        assert!(!o.fast_ino && !o.noxattrs && !o.writeback);
+        let o = mount(&[
+            "-o",
+            "lowerdir=/l,fast_ino=0,noxattrs=0,writeback=0,noopen=0",
+            "/m",
+        ]);
+        assert!(!o.fast_ino && !o.noxattrs && !o.writeback && !o.noopen);
         assert_eq!(o.passthrough, Passthrough::Upper);
         for (v, want) in [
             ("all", Passthrough::All),

@@ -35,6 +35,8 @@ pub struct Config {
     /// `passthrough=all`: read-only opens of lower files of a writable mount may be passed
     /// through to the lower file.
     pub lower_passthrough: bool,
+    /// `noopen`: regular files are opened by the kernel alone; I/O comes by inode.
+    pub noopen: bool,
 }
 
 /// Counters for SIGUSR1 dumps and tests.
@@ -64,6 +66,8 @@ pub struct Overlay {
     /// made as a hard link of it (see `Overlay::create_whiteout`).
     pub(crate) shared_whiteout: parking_lot::Mutex<Option<(Arc<OwnedFd>, Vec<u8>)>>,
     pub handles: DashMap<u64, Arc<crate::file::Handle>>,
+    /// Fds of regular files for I/O by inode (`noopen`), a bounded cache.
+    pub(crate) ino_files: crate::ino_io::InoFiles,
     /// Directory listings being read, by node id (see [`Overlay::readdir`]).
     pub(crate) dir_streams: DashMap<u64, crate::readdir::DirStream>,
     pub next_fh: AtomicU64,
@@ -156,11 +160,13 @@ impl Overlay {
                 read_only,
                 chown_new: euid == 0,
                 lower_passthrough: opts.passthrough == crate::options::Passthrough::All,
+                noopen: opts.noopen,
             },
             xattr_ns: XattrNs::User,
             chardev_whiteouts: AtomicBool::new(true),
             shared_whiteout: parking_lot::Mutex::new(None),
             handles: DashMap::new(),
+            ino_files: Default::default(),
             dir_streams: DashMap::new(),
             next_fh: AtomicU64::new(1),
             tmp_seq: AtomicU64::new(0),
@@ -905,6 +911,7 @@ impl Overlay {
     pub fn forget(&self, id: u64, n: u64) {
         if let Some(node) = self.inodes.forget(id, n) {
             self.dir_streams.remove(&id);
+            self.ino_files.remove(id);
             self.drop_orphan(&node);
         }
     }
@@ -1123,6 +1130,16 @@ impl Overlay {
             .map(|h| *h.key());
         if let Some(fh) = fh {
             return self.getattr_fh(id, fh);
+        }
+        if let Some(fd) = self.cached_ino_fd(&node) {
+            // (`noopen`: the fd reads and writes of the inode go to)
+            let mut st = sys::fstat(fd.as_fd())?;
+            self.present(&mut st, &fd, b"");
+            st.nlink = 0;
+            return Ok(Attr {
+                st,
+                ino: node.st_ino,
+            });
         }
         let mut a = self.attr_of(&node)?;
         if a.st.kind() != node.kind() {

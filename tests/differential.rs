@@ -4,7 +4,9 @@
 //! directory, hard links, relative/absolute/dangling symlinks, a fifo, a socket, a device,
 //! a suid file, a 2 MiB file, a 64 MiB sparse file, user.*/trusted.* xattrs, odd names) are
 //! mounted with `mount -t overlay` (index=on, redirect_dir=on) and with layerfs, plus a
-//! second layerfs on the same layers written in the `.wh.` format. One sequence of calls is
+//! second layerfs on the same layers written in the `.wh.` format (and, for the random and
+//! regression sequences, a third on the kernel-format layers with `noopen`: files opened
+//! without the daemon, I/O by inode, copy-up at the first write). One sequence of calls is
 //! applied to all mounts; after every call the errno (and any data read), the visible tree,
 //! each mount's readdir/lstat agreement and each mount's st_ino stability are compared.
 //! After a sequence every upper is mounted again by its own implementation, and each
@@ -165,6 +167,7 @@ fn run_acts(acts: &[Act]) {
     let mut r = Runner::new(Variants {
         wh: true,
         strict_old_fd: acts.iter().any(|a| matches!(a, ReadOldFd(_))),
+        noopen: true,
     });
     let res = (|| {
         r.start()?;
@@ -406,6 +409,7 @@ fn run_random(ops: &[Op]) -> Result<(usize, usize), String> {
     let mut r = Runner::new(Variants {
         wh: true,
         strict_old_fd: ops.iter().any(|o| matches!(o, Op::ReadOldFd(_))),
+        noopen: true,
     });
     r.start()?;
     let mut skipped = 0;
@@ -540,6 +544,7 @@ fn regression_mount_flags_match_kernel() {
     let mut r = Runner::new(Variants {
         wh: false,
         strict_old_fd: false,
+        noopen: false,
     });
     r.start().unwrap();
     let flags = |p: &std::path::Path| {

@@ -4,11 +4,13 @@
 //!
 //! Configurations: a lower-backed file (read first through a read-only open, then the
 //! first write opens it read-write, which copies it up) and an upper file, each with FUSE
-//! passthrough (the default as root; the daemon's log must say it is enabled) and without
-//! it (`writeback=1` turns it off). With `passthrough=all` the read-only open of the lower
-//! file is passed through to the lower file and closed before the first write (a fresh one
-//! is used after it); with the default `passthrough=upper` it is page-cached, and replaced
-//! by a fresh one after the copy-up (fsx_read_only_open_follows_copy_up keeps it).
+//! passthrough (the default as root; the daemon's log must say it is enabled), without it
+//! (`writeback=1` turns it off), and with `noopen` (no OPEN requests: I/O by inode; the
+//! copy-up comes at the first write). With `passthrough=all` the read-only open of the
+//! lower file is passed through to the lower file and closed before the first write (a
+//! fresh one is used after it); with the default `passthrough=upper` it is page-cached, and
+//! replaced by a fresh one after the copy-up (fsx_read_only_open_follows_copy_up and
+//! fsx_lower_backed_noopen keep it).
 //! At the end the upper file on disk and a remount show the same bytes, and the lower file
 //! is unchanged.
 //!
@@ -340,16 +342,18 @@ fn mmap_write(f: &fs::File, size: u64, off: u64, data: &[u8], sync: bool) -> std
 }
 
 /// FUSE passthrough in a configuration: `passthrough=all`, `passthrough=upper` (the default),
-/// or none (`writeback=1` turns it off).
+/// or none (`writeback=1` turns it off; `noopen` too, where files are opened without the
+/// daemon and I/O comes by inode).
 #[derive(Clone, Copy, PartialEq)]
 enum Pt {
     All,
     Upper,
     Off,
+    NoOpen,
 }
 
 fn run_fsx(name: &str, lower_backed: bool, pt: Pt, keep_old_ro: bool) {
-    let passthrough = pt != Pt::Off;
+    let passthrough = matches!(pt, Pt::All | Pt::Upper);
     if !common::require_mount_privilege(name) {
         return;
     }
@@ -370,6 +374,7 @@ fn run_fsx(name: &str, lower_backed: bool, pt: Pt, keep_old_ro: bool) {
         Pt::All => opts.push_str(",passthrough=all"),
         Pt::Upper => {}
         Pt::Off => opts.push_str(",writeback=1"),
+        Pt::NoOpen => opts.push_str(",noopen"),
     }
     let m = FgMount::start(&opts, &s.mnt(), &s.path().join("daemon.log"), "info");
     let path = s.mnt().join("file");
@@ -457,6 +462,18 @@ fn fsx_lower_backed_no_passthrough() {
 #[test]
 fn fsx_upper_no_passthrough() {
     run_fsx("fsx_upper_no_passthrough", false, Pt::Off, false);
+}
+
+/// `noopen`: the lower file is copied up at the first write (not at the O_RDWR open), and
+/// the read-only open made before it reads the copy (I/O by inode).
+#[test]
+fn fsx_lower_backed_noopen() {
+    run_fsx("fsx_lower_backed_noopen", true, Pt::NoOpen, true);
+}
+
+#[test]
+fn fsx_upper_noopen() {
+    run_fsx("fsx_upper_noopen", false, Pt::NoOpen, false);
 }
 
 /// The kernel overlay (since 4.19) makes a file opened read-only before its copy-up read the

@@ -612,7 +612,7 @@ fn fd_opened_before_copy_up_reads_the_copy() {
     if !common::require_mount_privilege("fd_opened_before_copy_up_reads_the_copy") {
         return;
     }
-    for opts in ["", "passthrough=upper", "passthrough=off"] {
+    for opts in ["", "passthrough=upper", "passthrough=off", "noopen"] {
         eprintln!("fd_opened_before_copy_up_reads_the_copy: {opts}");
         old_fd_reads_the_copy(opts);
     }
@@ -864,15 +864,17 @@ fn fstat_of_unlinked_open_file() {
     if !common::require_mount_privilege("fstat_of_unlinked_open_file") {
         return;
     }
-    let s = Scratch::new();
-    fs::write(s.lower(0).join("lower"), "lower\n").unwrap();
-    let m = s.mount(1, "");
-    fs::write(m.path("upper"), "up\n").unwrap();
-    for (name, size) in [("upper", 3), ("lower", 6)] {
-        let f = fs::File::open(m.path(name)).unwrap();
-        fs::remove_file(m.path(name)).unwrap();
-        let st = f.metadata().unwrap();
-        assert_eq!((st.len(), st.nlink()), (size, 0), "{name}");
+    for opts in ["", "noopen"] {
+        let s = Scratch::new();
+        fs::write(s.lower(0).join("lower"), "lower\n").unwrap();
+        let m = s.mount(1, opts);
+        fs::write(m.path("upper"), "up\n").unwrap();
+        for (name, size) in [("upper", 3), ("lower", 6)] {
+            let f = fs::File::open(m.path(name)).unwrap();
+            fs::remove_file(m.path(name)).unwrap();
+            let st = f.metadata().unwrap();
+            assert_eq!((st.len(), st.nlink()), (size, 0), "{opts}: {name}");
+        }
     }
 }
 
@@ -897,4 +899,248 @@ fn remount_at_once_survives_the_old_daemon_exit() {
             "remount {i}: the new mount was taken down"
         );
     }
+}
+
+/// Drop the clean cached pages of `f`: its next reads reach the daemon.
+fn drop_pages(f: &fs::File) {
+    use std::os::fd::AsRawFd;
+    assert_eq!(
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
+        0
+    );
+}
+
+/// `noopen`: the kernel opens regular files without asking the daemon (one OPEN, answered
+/// ENOSYS, and no RELEASE at all for any number of opens); reads and writes come by inode.
+/// Reading many small lower files and a large one (the mapped reply path); a lower file
+/// opened O_RDWR is copied up at its first write, and another fd sees the data; O_TRUNC
+/// truncates; an O_WRONLY open without a write changes nothing; a lower file unlinked
+/// while open stays readable and writable through the fd (its copy is an orphan in the
+/// workdir); a shared mapping's writes reach the upper; fsync; everything after a remount.
+#[test]
+fn noopen_opens_without_the_daemon() {
+    if !common::require_mount_privilege("noopen_opens_without_the_daemon") {
+        return;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let s = Scratch::new();
+    let l = s.lower(0);
+    let n = 300;
+    fs::create_dir(l.join("small")).unwrap();
+    for i in 0..n {
+        fs::write(l.join(format!("small/f{i}")), format!("small {i}\n")).unwrap();
+    }
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(l.join("big"), &big).unwrap();
+    for (name, text) in [
+        ("rw", "lower rw data\n"),
+        ("trunc", "to be truncated\n"),
+        ("wronly", "keep me\n"),
+        ("gone", "unlinked while open\n"),
+        ("sync", "sync\n"),
+    ] {
+        fs::write(l.join(name), text).unwrap();
+    }
+    fs::write(l.join("map"), vec![b'a'; 10000]).unwrap();
+    let log = s.path().join("daemon.log");
+    let m = s.mount(1, &format!("noopen,log={}", log.display()));
+    let pids = common::daemon_pids(&m.mnt);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let count = |what: &str| request_count(pids[0], &log, what);
+
+    for i in 0..n {
+        let got = fs::read_to_string(m.path(&format!("small/f{i}"))).unwrap();
+        assert_eq!(got, format!("small {i}\n"));
+    }
+    assert!(fs::read(m.path("big")).unwrap() == big, "big lower file");
+    assert_eq!(count("open"), 1, "one OPEN (answered ENOSYS) for {n} opens");
+    assert!(
+        count("read") >= n as u64,
+        "reads come to the daemon by inode"
+    );
+
+    // O_RDWR of a lower file: no copy-up until the first write.
+    let other = fs::File::open(m.path("rw")).unwrap();
+    let rw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("rw"))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(rw.read_at(&mut buf, 0).unwrap(), 14);
+    assert!(!s.upper().join("rw").exists(), "copied up at open");
+    rw.write_all_at(b"LOWER", 0).unwrap();
+    assert_eq!(
+        fs::read_to_string(s.upper().join("rw")).unwrap(),
+        "LOWER rw data\n"
+    );
+    assert_eq!(fs::read_to_string(l.join("rw")).unwrap(), "lower rw data\n");
+    drop_pages(&other);
+    let k = other.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..k], b"LOWER rw data\n", "another fd reads the copy");
+
+    // O_TRUNC truncates (a SETATTR: no atomic O_TRUNC without OPEN).
+    let mut t = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.path("trunc"))
+        .unwrap();
+    assert_eq!(t.metadata().unwrap().len(), 0);
+    assert_eq!(fs::read(m.path("trunc")).unwrap(), b"");
+    t.write_all(b"new\n").unwrap();
+    drop(t);
+    assert_eq!(
+        fs::read_to_string(s.upper().join("trunc")).unwrap(),
+        "new\n"
+    );
+
+    // O_WRONLY without a write: the union is unchanged.
+    drop(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("wronly"))
+            .unwrap(),
+    );
+    assert_eq!(fs::read_to_string(m.path("wronly")).unwrap(), "keep me\n");
+
+    // Unlinked while open: readable and writable through the fd.
+    let g = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("gone"))
+        .unwrap();
+    fs::remove_file(m.path("gone")).unwrap();
+    assert!(fs::symlink_metadata(m.path("gone")).is_err());
+    drop_pages(&g);
+    let k = g.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..k], b"unlinked while open\n", "read after unlink");
+    g.write_all_at(b"UNLINKED", 0).unwrap();
+    drop_pages(&g);
+    let k = g.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..k], b"UNLINKED while open\n", "write after unlink");
+    let st = g.metadata().unwrap();
+    assert_eq!((st.len(), st.nlink()), (20, 0));
+    assert_eq!(
+        fs::read_to_string(l.join("gone")).unwrap(),
+        "unlinked while open\n"
+    );
+    assert!(fs::symlink_metadata(m.path("gone")).is_err());
+    drop(g);
+
+    // A shared writable mapping of a lower file: its writes arrive as WRITEs.
+    {
+        use std::os::fd::AsRawFd;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.path("map"))
+            .unwrap();
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                10000,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            std::ptr::copy_nonoverlapping(b"MAPPED".as_ptr(), (p as *mut u8).add(5000), 6);
+            assert_eq!(libc::msync(p, 10000, libc::MS_SYNC), 0);
+            libc::munmap(p, 10000);
+        }
+    }
+    let mut want = vec![b'a'; 10000];
+    want[5000..5006].copy_from_slice(b"MAPPED");
+    assert!(
+        fs::read(s.upper().join("map")).unwrap() == want,
+        "mapped write"
+    );
+
+    // fsync reaches the daemon (by inode) and works.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("sync"))
+        .unwrap();
+    f.write_all(b"more\n").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(count("fsync") >= 1);
+    assert_eq!(
+        fs::read_to_string(s.upper().join("sync")).unwrap(),
+        "sync\nmore\n"
+    );
+
+    assert_eq!(count("open"), 1, "still one OPEN");
+    assert_eq!(count("release"), 0, "no RELEASE");
+    drop(m);
+    let m = s.mount(1, "noopen");
+    for (name, text) in [
+        ("rw", "LOWER rw data\n"),
+        ("trunc", "new\n"),
+        ("wronly", "keep me\n"),
+        ("sync", "sync\nmore\n"),
+    ] {
+        assert_eq!(fs::read_to_string(m.path(name)).unwrap(), text, "{name}");
+    }
+    assert!(fs::read(m.path("map")).unwrap() == want);
+    assert!(!m.path("gone").exists() && !m.path("gone2").exists());
+    assert!(
+        !s.upper().join("wronly").exists(),
+        "copied up without a write"
+    );
+}
+
+/// `noopen` keeps a bounded number of files open whatever the number of inodes the kernel
+/// holds (an LRU of fds by inode), and a file created through the mount (CREATE keeps a
+/// real handle) reads and writes through either kind of open.
+#[test]
+fn noopen_fd_count_stays_bounded() {
+    if !common::require_mount_privilege("noopen_fd_count_stays_bounded") {
+        return;
+    }
+    use std::io::Write;
+    let s = Scratch::new();
+    let n = layerfs::ino_io::INO_FDS + 200;
+    for i in 0..n {
+        fs::write(s.lower(0).join(format!("f{i}")), format!("{i}\n")).unwrap();
+    }
+    let log = s.path().join("daemon.log");
+    let m = s.mount(1, &format!("noopen,log={}", log.display()));
+    let pid = common::daemon_pids(&m.mnt)[0];
+    for i in 0..n {
+        assert_eq!(
+            fs::read_to_string(m.path(&format!("f{i}"))).unwrap(),
+            format!("{i}\n")
+        );
+    }
+    let cached = request_count(pid, &log, "fds_by_inode");
+    assert!(
+        cached as usize <= layerfs::ino_io::INO_FDS && cached > 0,
+        "{cached} fds kept by inode"
+    );
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert!(
+        fds < layerfs::ino_io::INO_FDS + 100,
+        "{fds} fds open in the daemon"
+    );
+
+    let mut created = fs::File::create(m.path("new")).unwrap();
+    created.write_all(b"created\n").unwrap();
+    let mut again = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("new"))
+        .unwrap();
+    again.write_all(b"appended\n").unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&created, b"more\n", 17).unwrap();
+    drop((created, again));
+    assert_eq!(
+        fs::read_to_string(m.path("new")).unwrap(),
+        "created\nappended\nmore\n"
+    );
+    assert_eq!(
+        fs::read_to_string(s.upper().join("new")).unwrap(),
+        "created\nappended\nmore\n"
+    );
 }

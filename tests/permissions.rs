@@ -101,12 +101,26 @@ fn other_user_gets_what_the_kernel_overlay_gives() {
     if !common::require_mount_privilege("other_user_gets_what_the_kernel_overlay_gives") {
         return;
     }
+    other_user_like_kernel("");
+}
+
+/// The same with `noopen`: the kernel opens files without asking the daemon, so every
+/// permission check at open is the kernel's own (`default_permissions`, always on).
+#[test]
+fn other_user_gets_what_the_kernel_overlay_gives_noopen() {
+    if !common::require_mount_privilege("other_user_gets_what_the_kernel_overlay_gives_noopen") {
+        return;
+    }
+    other_user_like_kernel("noopen");
+}
+
+fn other_user_like_kernel(opts: &str) {
     // two identical layer sets, one per filesystem
     let sl = Scratch::new();
     let sk = Scratch::new();
     make_layers(&sl);
     make_layers(&sk);
-    let ml = sl.mount(1, "");
+    let ml = sl.mount(1, opts);
     let mk = common::mount_kernel_overlay(
         &[sk.lower(0)],
         Some(&sk.upper()),
@@ -149,7 +163,7 @@ fn other_user_gets_what_the_kernel_overlay_gives() {
     assert_eq!(tl, tk, "trees after the probes");
     assert!(denied >= 10, "only {denied} probes were refused");
     eprintln!(
-        "{} probes as uid {USER}, {denied} refused, all as on the kernel overlay",
+        "{opts}: {} probes as uid {USER}, {denied} refused, all as on the kernel overlay",
         PROBES.len()
     );
 }
@@ -403,6 +417,16 @@ fn setuid_setgid_cleared_without_passthrough_like_kernel() {
     kill_like_kernel("writeback=1", false);
 }
 
+/// ... and with `noopen` (no passthrough; O_TRUNC opens arrive as a SETATTR, writes as
+/// WRITEs by inode that copy the file up first).
+#[test]
+fn setuid_setgid_cleared_noopen_like_kernel() {
+    if !common::require_mount_privilege("setuid_setgid_cleared_noopen_like_kernel") {
+        return;
+    }
+    kill_like_kernel("noopen", false);
+}
+
 /// A setgid file without group execute (06766) written by a non-owner outside its group:
 /// the kernel overlay clears both bits (setattr_should_drop_sgid). FUSE's own fallback
 /// (without FUSE_HANDLE_KILLPRIV_V2) only drops setgid when group execute is set; layerfs
@@ -426,7 +450,7 @@ fn setuid_binary_runs_as_its_user_after_a_write() {
     if !common::require_mount_privilege("setuid_binary_runs_as_its_user_after_a_write") {
         return;
     }
-    for opts in ["", "writeback=1"] {
+    for opts in ["", "writeback=1", "noopen"] {
         let s = Scratch::new();
         fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let bin = s.lower(0).join("suid_id");

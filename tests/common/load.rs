@@ -205,8 +205,13 @@ pub struct FgMount {
 impl FgMount {
     pub fn start(opts: &str, mnt: &Path, log: &Path, rust_log: &str) -> FgMount {
         let logf = std::fs::File::create(log).unwrap();
+        // (LAYERFS_TEST_MOUNT_OPTS: see common::try_mount_layerfs)
+        let opts = match std::env::var("LAYERFS_TEST_MOUNT_OPTS") {
+            Ok(all) if !all.is_empty() => format!("{opts},{all}"),
+            _ => opts.to_string(),
+        };
         let child = Command::new(super::common::LAYERFS)
-            .args(["-f", "-o", opts])
+            .args(["-f", "-o", &opts])
             .arg(mnt)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())

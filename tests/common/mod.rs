@@ -190,9 +190,14 @@ pub fn try_mount_layerfs(
     extra: &str,
 ) -> Output {
     let mut o = layer_opts(lowers, upper, work);
-    if !extra.is_empty() {
-        o.push(',');
-        o.push_str(extra);
+    // Options for every test mount, e.g. `noopen` to run a suite in that mode (tests that
+    // check another mode's specifics then fail); a test's own options come after them.
+    let all = std::env::var("LAYERFS_TEST_MOUNT_OPTS").unwrap_or_default();
+    for x in [all.as_str(), extra] {
+        if !x.is_empty() {
+            o.push(',');
+            o.push_str(x);
+        }
     }
     layerfs(&[OsStr::new("-o"), OsStr::new(&o), mnt.as_os_str()])
 }

@@ -165,6 +165,7 @@ pub fn run() -> Result<(), String> {
     let mut r = Runner::new(Variants {
         wh: false,
         strict_old_fd: false,
+        noopen: false,
     });
     r.start()?;
     let lroot = r.sides[1].mnt.clone();

@@ -56,6 +56,10 @@ pub struct Variants {
     /// `passthrough=upper` (the default) instead of `passthrough=all`, which every other
     /// sequence runs to cover it (see ALLOWED_DIFFERENCES "fd opened before a copy-up").
     pub strict_old_fd: bool,
+    /// a further layerfs mount with `noopen` (the kernel opens files without the daemon:
+    /// I/O by inode, copy-up at the first write); an fd opened before a copy-up reads the
+    /// copy, as on the kernel
+    pub noopen: bool,
 }
 
 pub struct Runner {
@@ -84,7 +88,7 @@ impl Runner {
         let base = scratch.path();
         let kernel_lowers = layers::build(&base.join("lowers-kernel-format"), Format::Kernel);
         let wh_lowers = layers::build(&base.join("lowers-wh-format"), Format::Wh);
-        let side = |name: &'static str, kernel: bool, lowers: &Vec<PathBuf>| {
+        let side = |name: &'static str, kernel: bool, lowers: &Vec<PathBuf>, opts: Option<_>| {
             let d = base.join(name);
             Side {
                 name,
@@ -95,19 +99,27 @@ impl Runner {
                 mnt: mkdirs(&d.join("mnt")),
                 mount: None,
                 snap: Snapshot::default(),
-                opts: if v.strict_old_fd {
+                opts: opts.unwrap_or(if v.strict_old_fd {
                     "passthrough=upper"
                 } else {
                     "passthrough=all"
-                },
+                }),
             }
         };
         let mut sides = vec![
-            side("kernel", true, &kernel_lowers),
-            side("layerfs", false, &kernel_lowers),
+            side("kernel", true, &kernel_lowers, None),
+            side("layerfs", false, &kernel_lowers, None),
         ];
         if v.wh {
-            sides.push(side("layerfs-wh", false, &wh_lowers));
+            sides.push(side("layerfs-wh", false, &wh_lowers, None));
+        }
+        if v.noopen {
+            sides.push(side(
+                "layerfs-noopen",
+                false,
+                &kernel_lowers,
+                Some("noopen"),
+            ));
         }
         // everything written from now on is "recent"
         let recent_from = now() - 1;
