@@ -506,6 +506,13 @@ fn plain_user_copy_up_keeps_the_owner() {
 }
 
 fn plain_user_mount(after_copy_up: bool) {
+    // The two tests that call this run in parallel threads; each may grant the test user
+    // /dev/fuse and take it back at its end, which would cut the other off mid-test
+    // (seen: its allow_other mount refused with EACCES instead of the clear error).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // fuser opens /dev/fuse itself before it falls back to fusermount3; where the device is
     // root-only (containers), give the test user access for the duration of the test.
     struct FuseAcl(bool);
