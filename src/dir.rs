@@ -579,6 +579,14 @@ impl Overlay {
         }
         let pup = self.copy_up_dir(&p)?;
         let (in_upper, lower_present) = (f.in_upper, f.lower_present);
+        // An upper file that never was a lower one (its number is its own inode's, one
+        // link, no lower or index copy) has no union link-count record: those are made
+        // only for hard-linked lower objects. No record to look for.
+        let no_record = f.in_upper
+            && f.lower.is_none()
+            && !f.indexed
+            && f.st.nlink <= 1
+            && f.st_ino == self.layers.compose_ino(f.st.dev, f.st.ino);
         let node = self.temp_node(&p, name, *f);
         if in_upper {
             self.refresh_stale_handles(&node);
@@ -590,7 +598,9 @@ impl Overlay {
         } else {
             self.create_whiteout(&pup, name)?;
         }
-        self.adjust_union_nlink(&node, -1)?;
+        if !no_record {
+            self.adjust_union_nlink(&node, -1)?;
+        }
         self.drop_name(&node, &p, name);
         Ok(())
     }
