@@ -216,7 +216,11 @@ impl Overlay {
             Some(Some(pst.atime)),
             Some(Some(pst.mtime)),
         );
-        node.s.lock().upper_dir = Some(fd.clone());
+        {
+            let mut s = node.s.lock();
+            s.upper_dir = Some(fd.clone());
+            s.upper_whfree = true;
+        }
         // Now merged: its st_nlink is 1 (and its st_size the upper's).
         self.invalidate_attr(node.id);
         self.counters.copy_ups.fetch_add(1, Ordering::Relaxed);

@@ -39,13 +39,16 @@ enum UpperWhiteout {
 }
 
 impl Overlay {
-    fn upper_whiteout(&self, pup: &OwnedFd, name: &[u8]) -> UpperWhiteout {
+    /// The whiteout for `name` in directory node `dir`'s upper directory `pup`, if any.
+    fn upper_whiteout(&self, dir: &Node, pup: &OwnedFd, name: &[u8]) -> UpperWhiteout {
         match sys::fstatat(pup.as_fd(), name) {
             Ok(st) if whiteout::is_whiteout_stat(&st) => return UpperWhiteout::CharDev,
             Ok(_) => return UpperWhiteout::None,
             Err(_) => {}
         }
-        if sys::fstatat(pup.as_fd(), &whiteout::whiteout_name(name)).is_ok() {
+        if !self.upper_whfree(dir)
+            && sys::fstatat(pup.as_fd(), &whiteout::whiteout_name(name)).is_ok()
+        {
             UpperWhiteout::WhFile
         } else {
             UpperWhiteout::None
@@ -155,7 +158,7 @@ impl Overlay {
             return sys::setxattr(dir, name, x, &crate::idmap::format_override(&o), 0);
         }
         let gid = if sgid { pst.gid } else { caller_gid()? };
-        if self.cfg.chown_new && (uid != sys::geteuid() || gid != sys::getegid()) {
+        if self.cfg.chown_new && (uid != self.euid || gid != self.egid) {
             sys::fchownat(dir, name, Some(uid), Some(gid))?;
         }
         if sgid && is_dir {
@@ -167,14 +170,26 @@ impl Overlay {
         Ok(())
     }
 
-    fn make_object(&self, dir: BorrowedFd, name: &[u8], kind: &NewKind) -> Result<Option<OwnedFd>> {
+    /// Make the object; a regular file is opened with `open_flags` (access mode and status
+    /// flags of the creating open) and its fd returned.
+    fn make_object(
+        &self,
+        dir: BorrowedFd,
+        name: &[u8],
+        kind: &NewKind,
+        open_flags: i32,
+    ) -> Result<Option<OwnedFd>> {
         match kind {
-            NewKind::File { mode } => Ok(Some(sys::openat(
-                dir,
-                name,
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                mode & 0o7777,
-            )?)),
+            NewKind::File { mode } => {
+                let flags =
+                    open_flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY);
+                Ok(Some(sys::openat(
+                    dir,
+                    name,
+                    flags | libc::O_CREAT | libc::O_EXCL,
+                    mode & 0o7777,
+                )?))
+            }
             NewKind::Dir { mode } => sys::mkdirat(dir, name, mode & 0o7777).map(|_| None),
             NewKind::Node { mode, rdev } => sys::mknodat(dir, name, *mode, *rdev).map(|_| None),
             NewKind::Symlink { target } => sys::symlinkat(target, dir, name).map(|_| None),
@@ -199,8 +214,7 @@ impl Overlay {
         }
     }
 
-    /// Create a new object `name` in directory `parent`. For files, also returns an fd
-    /// opened read-write on it (the caller reopens with the requested flags if needed).
+    /// Create a new object `name` in directory `parent`.
     pub fn create_object(
         &self,
         parent: u64,
@@ -208,20 +222,56 @@ impl Overlay {
         kind: NewKind,
         who: Caller,
     ) -> Result<(Arc<Node>, Attr)> {
+        self.create_inner(parent, name, kind, who, libc::O_RDWR)
+            .map(|(n, a, _)| (n, a))
+    }
+
+    /// Create a new regular file `name` in directory `parent` (create(2)), returning it
+    /// opened with `flags` (the creating open: no second open, and no second lookup).
+    pub fn create_file(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> Result<(Arc<Node>, Attr, OwnedFd)> {
+        let (node, attr, fd) =
+            self.create_inner(parent, name, NewKind::File { mode }, who, flags)?;
+        Ok((node, attr, fd.ok_or_else(|| Error::from_errno(libc::EIO))?))
+    }
+
+    fn create_inner(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: NewKind,
+        who: Caller,
+        open_flags: i32,
+    ) -> Result<(Arc<Node>, Attr, Option<OwnedFd>)> {
         self.check_writable()?;
         if let Some(e) = whiteout::check_new_name(name) {
             return err(e);
         }
         let _g = self.tree.write();
         let p = self.node(parent)?;
-        if let Lookup::Found(_) = self.resolve(&p, name)? {
-            return err(libc::EEXIST);
-        }
+        // Absent: nothing in the upper (not even a whiteout) and nothing visible below.
+        let whited_out = match self.resolve(&p, name)? {
+            Lookup::Found(_) => return err(libc::EEXIST),
+            Lookup::WhitedOut => true,
+            Lookup::Absent => false,
+        };
         let pup = self.copy_up_dir(&p)?;
         let is_dir = matches!(kind, NewKind::Dir { .. });
-        match self.upper_whiteout(&pup, name) {
+        let wh = if whited_out {
+            self.upper_whiteout(&p, &pup, name)
+        } else {
+            UpperWhiteout::None
+        };
+        let fd;
+        match wh {
             UpperWhiteout::None => {
-                self.make_object(pup.as_fd(), name, &kind)?;
+                fd = self.make_object(pup.as_fd(), name, &kind, open_flags)?;
                 if let Err(e) = self.chown_new(pup.as_fd(), name, &pup, who, is_dir) {
                     let _ = sys::unlinkat(pup.as_fd(), name, is_dir);
                     return Err(e);
@@ -230,7 +280,7 @@ impl Overlay {
             wh => {
                 let work = self.work()?.clone();
                 let tmp = self.tmp_name();
-                self.make_object(work.as_fd(), &tmp, &kind)?;
+                fd = self.make_object(work.as_fd(), &tmp, &kind, open_flags)?;
                 let staged = (|| -> Result<()> {
                     self.chown_new(work.as_fd(), &tmp, &pup, who, is_dir)?;
                     if is_dir {
@@ -268,7 +318,55 @@ impl Overlay {
                 }
             }
         }
-        self.found(&p, name)
+        if let Some(fd) = fd {
+            let (node, attr) = self.found_new_file(&p, name, &fd, whited_out)?;
+            return Ok((node, attr, Some(fd)));
+        }
+        let (node, attr) = self.found(&p, name)?;
+        if is_dir {
+            // made empty here: no `.wh.` file in it
+            node.s.lock().upper_whfree = true;
+        }
+        Ok((node, attr, None))
+    }
+
+    /// The node of a regular file just made at (parent, name) and opened as `fd`: what
+    /// [`Overlay::resolve`] would find, from the file's fstat (a new file has no origin
+    /// xattr to read). Something is visible below the name only if it was whited out.
+    fn found_new_file(
+        &self,
+        p: &Arc<Node>,
+        name: &[u8],
+        fd: &OwnedFd,
+        whited_out: bool,
+    ) -> Result<(Arc<Node>, Attr)> {
+        let st = sys::fstat(fd.as_fd())?;
+        let (plowers, plower_path) = {
+            let s = p.s.lock();
+            (s.lowers.clone(), s.lower_path.clone())
+        };
+        let f = Found {
+            st,
+            st_ino: self.layers.compose_ino(st.dev, st.ino),
+            upper_dir: None,
+            upper_xwh: false,
+            in_upper: true,
+            lowers: Vec::new(),
+            lower: None,
+            lower_path: crate::overlay::join(&plower_path, name),
+            has_redirect: false,
+            indexed: false,
+            lower_present: whited_out && self.lower_has_name(&plowers, name),
+            opaque: false,
+        };
+        let (node, fresh) = self.instantiate_fresh(p, name, f);
+        let attr = if fresh {
+            let (dir, rname) = self.real_loc(&node)?;
+            self.attr_from_stat(&node, st, &dir, &rname)
+        } else {
+            self.attr_of(&node)?
+        };
+        Ok((node, attr))
     }
 
     /// link(2): a new name for an existing non-directory.
@@ -291,7 +389,7 @@ impl Overlay {
         let npup = self.copy_up_dir(&np)?;
         // A new name of an object that may have a lower origin (see rename).
         self.set_impure(&npup)?;
-        match self.upper_whiteout(&npup, newname) {
+        match self.upper_whiteout(&np, &npup, newname) {
             UpperWhiteout::None => sys::linkat(sdir.as_fd(), &sname, npup.as_fd(), newname)?,
             UpperWhiteout::CharDev => {
                 let work = self.work()?.clone();
@@ -481,6 +579,14 @@ impl Overlay {
         }
         let pup = self.copy_up_dir(&p)?;
         let (in_upper, lower_present) = (f.in_upper, f.lower_present);
+        // An upper file that never was a lower one (its number is its own inode's, one
+        // link, no lower or index copy) has no union link-count record: those are made
+        // only for hard-linked lower objects. No record to look for.
+        let no_record = f.in_upper
+            && f.lower.is_none()
+            && !f.indexed
+            && f.st.nlink <= 1
+            && f.st_ino == self.layers.compose_ino(f.st.dev, f.st.ino);
         let node = self.temp_node(&p, name, *f);
         if in_upper {
             self.refresh_stale_handles(&node);
@@ -492,7 +598,9 @@ impl Overlay {
         } else {
             self.create_whiteout(&pup, name)?;
         }
-        self.adjust_union_nlink(&node, -1)?;
+        if !no_record {
+            self.adjust_union_nlink(&node, -1)?;
+        }
         self.drop_name(&node, &p, name);
         Ok(())
     }
@@ -657,7 +765,7 @@ impl Overlay {
         }
 
         // What sits at the target in the upper, and is there lower content by that name?
-        let dst_wh = self.upper_whiteout(&npup, newname);
+        let dst_wh = self.upper_whiteout(&np, &npup, newname);
         let dst_lower = match &dinfo {
             Some((_, _, lp, ..)) => *lp,
             None => dst_wh != UpperWhiteout::None,

@@ -3,7 +3,7 @@
 
 use crate::attr::{Kill, NO_CAPS, NO_SETID};
 use crate::copy_up::Data;
-use crate::dir::{Caller, NewKind};
+use crate::dir::Caller;
 use crate::error::{err, Error, Result};
 use crate::inode::{IoState, Node};
 use crate::overlay::{Attr, Overlay};
@@ -415,7 +415,7 @@ impl Overlay {
         flags: i32,
         who: Caller,
     ) -> Result<(Arc<Node>, Attr, u64)> {
-        let (node, attr) = match self.create_object(parent, name, NewKind::File { mode }, who) {
+        let (node, attr, fd) = match self.create_file(parent, name, mode, flags, who) {
             Err(e) if e.is(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                 // Made by someone else since the kernel's lookup: open it, as open(2) with
                 // O_CREAT and without O_EXCL does.
@@ -427,7 +427,6 @@ impl Overlay {
             // a new file has no file capability either: its writes need no check
             node.privs.fetch_or(NO_CAPS | NO_SETID, Ordering::AcqRel);
         }
-        let fd = self.open_real(&node, flags & !libc::O_TRUNC)?;
         let fh = self.add_file_handle(node.clone(), fd, flags, false);
         Ok((node, attr, fh))
     }

@@ -42,6 +42,12 @@ pub struct NodeState {
     pub upper_dir: Option<Arc<OwnedFd>>,
     /// Directories: the upper directory is marked opaque=x (may hold xattr whiteouts).
     pub upper_xwh: bool,
+    /// Directories: the upper directory holds no `.wh.NAME` file, so a name missing from it
+    /// needs no second look for one: it was made empty by this daemon (copy-up, mkdir),
+    /// which writes `.wh.` files only once char 0/0 whiteouts have failed
+    /// (`Overlay::chardev_whiteouts`, checked with the flag), and names starting `.wh.`
+    /// cannot be made through the mount.
+    pub upper_whfree: bool,
     /// Non-directories: the object exists in the upper at (parent's upper dir, name).
     pub in_upper: bool,
     /// Directories: the lower directories merged below the upper, top first.

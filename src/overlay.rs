@@ -80,6 +80,9 @@ pub struct Overlay {
     index_lock: parking_lot::Mutex<()>,
     /// Removed files kept in the workdir while the kernel still holds them (orphans).
     pub(crate) orphans: AtomicU64,
+    /// The daemon's effective ids (new objects it makes are chowned when they differ).
+    pub(crate) euid: u32,
+    pub(crate) egid: u32,
     /// Tells the kernel to drop its cached attributes of a node, and with `true` its
     /// cached data too (a directory's listing); set by the daemon once the FUSE session
     /// exists, unset without a mount.
@@ -109,6 +112,14 @@ pub struct Found {
     pub indexed: bool,
     pub lower_present: bool,
     pub opaque: bool,
+}
+
+/// Where a lookup found a non-directory's real object (see `Overlay::stat_is_real`).
+struct SeenAt {
+    in_upper: bool,
+    indexed: bool,
+    /// The lower (directory, name), for an object found in a lower layer.
+    lower: Option<(Arc<OwnedFd>, Vec<u8>)>,
 }
 
 /// Attributes of a union object as reported to the kernel.
@@ -176,6 +187,8 @@ impl Overlay {
             index_lock: parking_lot::Mutex::new(()),
             orphans: AtomicU64::new(0),
             attr_invalidator: std::sync::OnceLock::new(),
+            euid,
+            egid: sys::getegid(),
         };
         ov.probe_capabilities();
         ov.make_root()?;
@@ -249,6 +262,7 @@ impl Overlay {
                     .as_ref()
                     .map(|u| self.dir_opaque(u) == OpaqueValue::XWhiteouts)
                     .unwrap_or(false),
+                upper_whfree: false,
                 upper_dir,
                 in_upper: self.layers.upper.is_some(),
                 lowers,
@@ -395,6 +409,12 @@ impl Overlay {
         sys::fstatat(dir.as_fd(), &whiteout::whiteout_name(name)).is_ok()
     }
 
+    /// Whether directory node `dir`'s upper directory is known to hold no `.wh.` file
+    /// (see `NodeState::upper_whfree`).
+    pub(crate) fn upper_whfree(&self, dir: &Node) -> bool {
+        dir.s.lock().upper_whfree && self.chardev_whiteouts.load(Ordering::Relaxed)
+    }
+
     /// Resolve `name` in directory node `parent` through the stack (the kernel's
     /// ovl_lookup). With `open_dirs` false, directory fds are not kept (readdir ino
     /// computation).
@@ -442,11 +462,12 @@ impl Overlay {
         if name.len() > 255 {
             return err(libc::ENAMETOOLONG);
         }
-        let (pupper, pupper_xwh, plowers, plower_path, pkind) = {
+        let (pupper, pupper_xwh, pupper_whfree, plowers, plower_path, pkind) = {
             let s = parent.s.lock();
             (
                 s.upper_dir.clone(),
                 s.upper_xwh,
+                s.upper_whfree && self.chardev_whiteouts.load(Ordering::Relaxed),
                 s.lowers.clone(),
                 s.lower_path.clone(),
                 s.kind,
@@ -535,7 +556,7 @@ impl Overlay {
                     found = Some(f);
                 }
                 Err(e) if e.is(libc::ENOENT) => {
-                    if self.has_wh_file(u, name) {
+                    if !pupper_whfree && self.has_wh_file(u, name) {
                         note!(
                             upper_label(),
                             ".wh.{} file: hides the name in every lower layer",
@@ -747,7 +768,7 @@ impl Overlay {
 
     /// Whether any of the parent's lower directories has a visible entry `name` (stopping
     /// at a whiteout).
-    fn lower_has_name(&self, plowers: &[LowerDir], name: &[u8]) -> bool {
+    pub(crate) fn lower_has_name(&self, plowers: &[LowerDir], name: &[u8]) -> bool {
         for l in plowers {
             match sys::fstatat(l.fd.as_fd(), name) {
                 Ok(st) => return !self.is_whiteout(&l.fd, name, &st, l.xwh),
@@ -805,7 +826,12 @@ impl Overlay {
     /// [`Overlay::instantiate`], also telling whether the node's state is all `f`'s (a new
     /// node, or one found again after its removal): its real object is then the one `f`
     /// has the stat of.
-    fn instantiate_fresh(&self, parent: &Arc<Node>, name: &[u8], f: Found) -> (Arc<Node>, bool) {
+    pub(crate) fn instantiate_fresh(
+        &self,
+        parent: &Arc<Node>,
+        name: &[u8],
+        f: Found,
+    ) -> (Arc<Node>, bool) {
         let id = f.st_ino;
         let kind = f.st.kind();
         let make_state = |f: Found| NodeState {
@@ -815,6 +841,7 @@ impl Overlay {
             aliases: Vec::new(),
             upper_dir: f.upper_dir,
             upper_xwh: f.upper_xwh,
+            upper_whfree: false,
             in_upper: f.in_upper,
             lowers: f.lowers,
             lower: f.lower,
@@ -894,8 +921,13 @@ impl Overlay {
         match self.resolve_from(&p, name, None, first_layer)? {
             Lookup::Found(f) => {
                 let st = f.st;
+                let seen = SeenAt {
+                    in_upper: f.in_upper,
+                    indexed: f.indexed,
+                    lower: f.lower.as_ref().map(|l| (l.dir.clone(), l.name.clone())),
+                };
                 let (node, fresh) = self.instantiate_fresh(&p, name, *f);
-                let attr = if fresh {
+                let attr = if fresh || self.stat_is_real(&node, &p, name, seen) {
                     // (the resolve's stat of the real object: no second fstatat)
                     let (dir, rname) = self.real_loc(&node)?;
                     self.attr_from_stat(&node, st, &dir, &rname)
@@ -906,6 +938,31 @@ impl Overlay {
             }
             _ => err(libc::ENOENT),
         }
+    }
+
+    /// Whether a known non-directory `node`, just found again as (parent, name) in the
+    /// upper (`in_upper`), the index (`indexed`) or at the lower location `lower`, still
+    /// has its real object there, so the lookup's stat is its stat and no second fstatat
+    /// is needed (a listing read again, as `rm -rf` does with every directory).
+    fn stat_is_real(&self, node: &Node, parent: &Node, name: &[u8], seen: SeenAt) -> bool {
+        let SeenAt {
+            in_upper,
+            indexed,
+            lower,
+        } = seen;
+        let s = node.s.lock();
+        if s.kind == libc::S_IFDIR || s.deleted || s.in_upper != in_upper {
+            return false;
+        }
+        if in_upper {
+            return s.is_primary(parent.id, name);
+        }
+        if s.indexed != indexed {
+            return false;
+        }
+        indexed
+            || matches!((&s.lower, &lower), (Some(l), Some((d, n)))
+                if Arc::ptr_eq(&l.dir, d) && &l.name == n)
     }
 
     pub fn forget(&self, id: u64, n: u64) {
@@ -1013,7 +1070,13 @@ impl Overlay {
 
     /// The union's attributes of `node` from `st`, the stat of its real object (`dir`,
     /// `name`).
-    fn attr_from_stat(&self, node: &Node, mut st: Stat, dir: &OwnedFd, name: &[u8]) -> Attr {
+    pub(crate) fn attr_from_stat(
+        &self,
+        node: &Node,
+        mut st: Stat,
+        dir: &OwnedFd,
+        name: &[u8],
+    ) -> Attr {
         let s = node.s.lock();
         if s.kind == libc::S_IFDIR {
             let merged = !s.lowers.is_empty() && (s.upper_dir.is_some() || s.lowers.len() > 1);
@@ -1207,21 +1270,38 @@ fn prepare_subdir(dir: std::os::fd::BorrowedFd, name: &[u8], empty: bool) -> Res
     Ok(fd)
 }
 
-/// Remove everything inside the directory `fd` (not following symlinks).
+/// Remove everything inside the directory `fd` (not following symlinks). Directories are
+/// told apart by the entries' d_type (a stat only where the filesystem gives none), so
+/// emptying a directory of whiteouts (rmdir of a copied-up directory) costs one unlink
+/// per entry, as the kernel's `ovl_cleanup_whiteouts`.
 pub fn remove_contents(fd: &OwnedFd) -> Result<()> {
     for e in sys::read_dir(fd.as_fd())? {
-        let st = match sys::fstatat(fd.as_fd(), &e.name) {
-            Ok(st) => st,
-            Err(_) => continue,
+        let is_dir = match e.dtype {
+            libc::DT_DIR => true,
+            libc::DT_UNKNOWN => match sys::fstatat(fd.as_fd(), &e.name) {
+                Ok(st) => st.is_dir(),
+                Err(_) => continue, // vanished
+            },
+            _ => false,
         };
-        if st.is_dir() {
-            let sub = sys::openat(fd.as_fd(), &e.name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-            remove_contents(&sub)?;
-            drop(sub);
-            sys::unlinkat(fd.as_fd(), &e.name, true)?;
-        } else {
-            sys::unlinkat(fd.as_fd(), &e.name, false)?;
+        if !is_dir {
+            match sys::unlinkat(fd.as_fd(), &e.name, false) {
+                Err(err) if err.is(libc::ENOENT) => continue, // vanished
+                // replaced by a directory since it was listed
+                Err(err) if err.is(libc::EISDIR) => {}
+                r => {
+                    r?;
+                    continue;
+                }
+            }
         }
+        let sub = match sys::openat(fd.as_fd(), &e.name, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            Err(err) if err.is(libc::ENOENT) => continue,
+            r => r?,
+        };
+        remove_contents(&sub)?;
+        drop(sub);
+        sys::unlinkat(fd.as_fd(), &e.name, true)?;
     }
     Ok(())
 }

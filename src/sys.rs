@@ -374,6 +374,125 @@ fn xattr_path(dir: Fd, name: &[u8]) -> Result<(CString, bool)> {
     Ok((cstr(&proc_fd_path(dir.as_raw_fd(), Some(name)))?, follow))
 }
 
+/// The `*xattrat(2)` calls (Linux 6.13): an xattr of the entry (dir, name) reached with
+/// one lookup of `name` in `dir`, where the path calls walk `/proc/self/fd/N/name` (a
+/// procfs magic-link resolution each time: most of the cost of reading a missing xattr).
+/// Used for a non-empty `name` (the fd itself takes the f*xattr calls), never following a
+/// symlink at `name`; the first ENOSYS (an older kernel, a seccomp filter) switches them
+/// off and the path calls serve from then on.
+mod xattr_at {
+    use super::{last_errno, CString, Fd};
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // The same numbers in every architecture's table (added after the tables were unified).
+    const SETXATTRAT: libc::c_long = 463;
+    const GETXATTRAT: libc::c_long = 464;
+    const LISTXATTRAT: libc::c_long = 465;
+    const REMOVEXATTRAT: libc::c_long = 466;
+
+    static OFF: AtomicBool = AtomicBool::new(false);
+
+    /// `struct xattr_args` of the uapi.
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+
+    /// Run one call; None when the calls are unavailable (the caller takes the path).
+    fn call(f: impl FnOnce() -> libc::c_long) -> Option<isize> {
+        if OFF.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = f();
+        if r < 0 && last_errno() == libc::ENOSYS {
+            OFF.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Some(r as isize)
+    }
+
+    pub(super) fn get(dir: Fd, name: &CString, attr: &CString, buf: &mut [u8]) -> Option<isize> {
+        let mut args = XattrArgs {
+            value: if buf.is_empty() {
+                0
+            } else {
+                buf.as_mut_ptr() as u64
+            },
+            size: buf.len() as u32,
+            flags: 0,
+        };
+        // SAFETY: name and attr are NUL-terminated; args points at `buf.len()` writable
+        // bytes (or none with size 0) and lives across the call.
+        call(|| unsafe {
+            libc::syscall(
+                GETXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                attr.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        })
+    }
+
+    pub(super) fn set(
+        dir: Fd,
+        name: &CString,
+        attr: &CString,
+        value: &[u8],
+        flags: i32,
+    ) -> Option<isize> {
+        let args = XattrArgs {
+            value: value.as_ptr() as u64,
+            size: value.len() as u32,
+            flags: flags as u32,
+        };
+        // SAFETY: as in `get`; the kernel only reads `value`.
+        call(|| unsafe {
+            libc::syscall(
+                SETXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                attr.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        })
+    }
+
+    pub(super) fn remove(dir: Fd, name: &CString, attr: &CString) -> Option<isize> {
+        // SAFETY: NUL-terminated strings.
+        call(|| unsafe {
+            libc::syscall(
+                REMOVEXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                attr.as_ptr(),
+            )
+        })
+    }
+
+    pub(super) fn list(dir: Fd, name: &CString, buf: &mut [u8]) -> Option<isize> {
+        // SAFETY: `buf` has `buf.len()` writable bytes.
+        call(|| unsafe {
+            libc::syscall(
+                LISTXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        })
+    }
+}
+
 /// name_to_handle_at(2) of (dir, name), or of `dir` itself when `name` is empty, never
 /// following a final symlink: (handle type, handle bytes).
 pub fn name_to_handle(dir: Fd, name: &[u8]) -> Result<(i32, Vec<u8>)> {
@@ -446,9 +565,17 @@ pub fn getxattr(dir: Fd, name: &[u8], attr: &[u8]) -> Result<Option<Vec<u8>>> {
     // `dir` itself: fgetxattr(2) spares the walk through /proc (it fails with EBADF only
     // on an O_PATH fd, which the path then serves).
     let mut by_fd = name.is_empty();
+    let cname = cstr(name)?;
     loop {
+        let at = if by_fd || name.is_empty() {
+            None
+        } else {
+            xattr_at::get(dir, &cname, &a, &mut buf)
+        };
         let r = unsafe {
-            if by_fd {
+            if let Some(r) = at {
+                r
+            } else if by_fd {
                 libc::fgetxattr(
                     dir.as_raw_fd(),
                     a.as_ptr(),
@@ -493,13 +620,20 @@ pub fn getxattr_raw(dir: Fd, name: &[u8], attr: &[u8], size: usize) -> Result<Ve
     let (p, follow) = xattr_path(dir, name)?;
     let a = cstr(attr)?;
     let mut buf = vec![0u8; size];
+    let at = if name.is_empty() {
+        None
+    } else {
+        xattr_at::get(dir, &cstr(name)?, &a, &mut buf)
+    };
     let r = unsafe {
         let ptr = if size == 0 {
             std::ptr::null_mut()
         } else {
             buf.as_mut_ptr() as *mut libc::c_void
         };
-        if follow {
+        if let Some(r) = at {
+            r
+        } else if follow {
             libc::getxattr(p.as_ptr(), a.as_ptr(), ptr, size)
         } else {
             libc::lgetxattr(p.as_ptr(), a.as_ptr(), ptr, size)
@@ -516,9 +650,17 @@ pub fn getxattr_raw(dir: Fd, name: &[u8], attr: &[u8], size: usize) -> Result<Ve
 pub fn setxattr(dir: Fd, name: &[u8], attr: &[u8], value: &[u8], flags: i32) -> Result<()> {
     let (p, follow) = xattr_path(dir, name)?;
     let a = cstr(attr)?;
+    let cname = cstr(name)?;
     retry(|| {
+        let at = if follow {
+            None
+        } else {
+            xattr_at::set(dir, &cname, &a, value, flags)
+        };
         check(unsafe {
-            if follow {
+            if let Some(r) = at {
+                r as libc::c_int
+            } else if follow {
                 libc::setxattr(
                     p.as_ptr(),
                     a.as_ptr(),
@@ -543,9 +685,17 @@ pub fn setxattr(dir: Fd, name: &[u8], attr: &[u8], value: &[u8], flags: i32) -> 
 pub fn removexattr(dir: Fd, name: &[u8], attr: &[u8]) -> Result<()> {
     let (p, follow) = xattr_path(dir, name)?;
     let a = cstr(attr)?;
+    let cname = cstr(name)?;
     retry(|| {
+        let at = if follow {
+            None
+        } else {
+            xattr_at::remove(dir, &cname, &a)
+        };
         check(unsafe {
-            if follow {
+            if let Some(r) = at {
+                r as libc::c_int
+            } else if follow {
                 libc::removexattr(p.as_ptr(), a.as_ptr())
             } else {
                 libc::lremovexattr(p.as_ptr(), a.as_ptr())
@@ -558,10 +708,18 @@ pub fn removexattr(dir: Fd, name: &[u8], attr: &[u8]) -> Result<()> {
 /// All xattr names of an object (each without its NUL).
 pub fn listxattr(dir: Fd, name: &[u8]) -> Result<Vec<Vec<u8>>> {
     let (p, follow) = xattr_path(dir, name)?;
+    let cname = cstr(name)?;
     let mut buf = vec![0u8; 1024];
     loop {
+        let at = if follow {
+            None
+        } else {
+            xattr_at::list(dir, &cname, &mut buf)
+        };
         let r = unsafe {
-            if follow {
+            if let Some(r) = at {
+                r
+            } else if follow {
                 libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len())
             } else {
                 libc::llistxattr(p.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len())

@@ -396,6 +396,76 @@ fn create_without_excl_opens_an_existing_file() {
     assert_eq!(e.errno(), libc::EISDIR);
 }
 
+/// create(2) keeps the creating open as the handle (opened with the request's access
+/// mode) and makes the node without a second lookup: what is below the name must still
+/// decide whether removing it leaves a whiteout.
+#[test]
+fn create_over_whiteouts_then_unlink_hides_what_is_below() {
+    let env = Env::new();
+    write(&env.p("l1/f"), "lower f");
+    write(&env.p("l1/h"), "deeper h");
+    write(&env.p("l0/.wh.h"), "");
+    write(&env.p("l1/d/g"), "lower g");
+    let ov = env.ov();
+    // over an upper whiteout of a visible lower file
+    ov.unlink(ROOT_ID, b"f").unwrap();
+    assert!(is_whiteout(&env.p("upper/f")));
+    let (n, a, fh) = ov
+        .create(ROOT_ID, b"f", 0o640, libc::O_WRONLY | libc::O_CREAT, me())
+        .unwrap();
+    assert_eq!((a.st.size, a.st.mode & 0o777), (0, 0o640));
+    assert_eq!(ov.write(fh, 0, b"new").unwrap(), 3);
+    assert_eq!(ov.read(fh, 0, 10).unwrap_err().errno(), libc::EBADF);
+    let (n2, a2) = ov.lookup(ROOT_ID, b"f").unwrap();
+    assert_eq!((n2.id, a2.st.size, a2.ino), (n.id, 3, a.ino));
+    ov.release(fh);
+    ov.unlink(ROOT_ID, b"f").unwrap();
+    assert!(ov.lookup(ROOT_ID, b"f").is_err());
+    assert!(
+        is_whiteout(&env.p("upper/f")),
+        "the lower f must stay hidden"
+    );
+    // over a lower whiteout: nothing below is visible, so no whiteout is left
+    let (_, _, fh) = ov
+        .create(
+            ROOT_ID,
+            b"h",
+            0o644,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            me(),
+        )
+        .unwrap();
+    ov.release(fh);
+    ov.unlink(ROOT_ID, b"h").unwrap();
+    assert!(ov.lookup(ROOT_ID, b"h").is_err());
+    assert!(fs::symlink_metadata(env.p("upper/h")).is_err());
+    // in a directory copied up by the unlink (no `.wh.` lookups there)
+    let (d, _) = ov.lookup(ROOT_ID, b"d").unwrap();
+    ov.unlink(d.id, b"g").unwrap();
+    assert!(ov.lookup(d.id, b"g").is_err());
+    let (_, _, fh) = ov
+        .create(d.id, b"g", 0o644, libc::O_RDWR | libc::O_CREAT, me())
+        .unwrap();
+    assert_eq!(ov.write(fh, 0, b"upper g").unwrap(), 7);
+    assert_eq!(ov.read(fh, 0, 10).unwrap(), b"upper g");
+    ov.release(fh);
+    assert_eq!(names(&ov, d.id), vec!["g"]);
+    ov.unlink(d.id, b"g").unwrap();
+    assert!(is_whiteout(&env.p("upper/d/g")));
+    assert!(names(&ov, d.id).is_empty());
+    ov.rmdir(ROOT_ID, b"d").unwrap();
+    assert!(ov.lookup(ROOT_ID, b"d").is_err());
+    assert!(is_whiteout(&env.p("upper/d")));
+    // nothing staged is left (removed files the API still holds references to wait as
+    // orphans)
+    let left: Vec<String> = fs::read_dir(env.p("work/work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with("orphan-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Directory listings read by inode (no open handles): a snapshot shared by the streams of
 /// a directory, refreshed at offset 0 without repeating a name to a stream under way,
 /// dropped at the end of the listing and when the directory is forgotten; unfinished
