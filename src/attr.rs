@@ -132,6 +132,7 @@ fn caller_cred(who: &Caller) -> Cred {
 
 impl Overlay {
     pub fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr> {
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         self.check_writable()?;
         let node = self.node(ino)?;
         let data = match a.size {
@@ -142,7 +143,7 @@ impl Overlay {
             // (also a lower file unlinked since it was opened: see `copy_up_held`)
             self.copy_up_held(&node, data)?;
         } else {
-            let _g = self.tree.read();
+            let _g = self.tree.read_recursive();
             self.copy_up(&node, data)?;
         }
         let (dir, name) = self.upper_loc(&node)?;
@@ -314,6 +315,7 @@ impl Overlay {
 
     /// getattr through an open handle (works for unlinked-but-open files).
     pub fn getattr_fh(&self, ino: u64, fh: u64) -> Result<Attr> {
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         let node = self.node(ino)?;
         if let Ok(h) = self.handle(fh) {
             if h.reads_old_lower() {
@@ -346,6 +348,7 @@ impl Overlay {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8], size: u32) -> Result<Vec<u8>> {
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         if whiteout::is_private_xattr(name) {
             return err(libc::ENODATA);
         }
@@ -359,6 +362,7 @@ impl Overlay {
 
     /// The NUL-separated name list the user sees (private names removed).
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         if self.cfg.noxattrs {
             return Ok(Vec::new());
         }
@@ -375,6 +379,7 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         self.check_writable()?;
         if whiteout::is_private_xattr(name) {
             return err(libc::EPERM);
@@ -384,7 +389,7 @@ impl Overlay {
         }
         let node = self.node(ino)?;
         {
-            let _g = self.tree.read();
+            let _g = self.tree.read_recursive();
             self.copy_up(&node, Data::Full)?;
         }
         let (dir, n) = self.upper_loc(&node)?;
@@ -395,6 +400,7 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         self.check_writable()?;
         if whiteout::is_private_xattr(name) {
             return err(libc::ENODATA);
@@ -406,7 +412,7 @@ impl Overlay {
             return err(libc::ENODATA);
         }
         {
-            let _g = self.tree.read();
+            let _g = self.tree.read_recursive();
             self.copy_up(&node, Data::Full)?;
         }
         let (dir, n) = self.upper_loc(&node)?;

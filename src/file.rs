@@ -367,6 +367,7 @@ impl Overlay {
     /// O_TRUNC then drops set-id bits and file capabilities as a truncate does (the
     /// kernel leaves that to the daemon, see [`Overlay::kill_privs`]).
     pub fn open_as(&self, ino: u64, flags: i32, who: Option<&Caller>) -> Result<u64> {
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         let node = self.node(ino)?;
         if node.is_dir() {
             return err(libc::EISDIR);
@@ -381,7 +382,7 @@ impl Overlay {
                 );
                 return err(libc::ETXTBSY);
             }
-            let _g = self.tree.read();
+            let _g = self.tree.read_recursive();
             let data = if flags & libc::O_TRUNC != 0 {
                 Data::UpTo(0)
             } else {
@@ -691,6 +692,7 @@ impl Overlay {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         let node = self.node(ino)?;
         let (dir, name) = self.real_loc(&node)?;
         sys::readlinkat(dir.as_fd(), &name)

@@ -95,6 +95,7 @@ impl Overlay {
                 return Ok(f.clone());
             }
         }
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         if loc == DataLoc::Upper && node.s.lock().deleted {
             // Removed from the union without an orphan (the kernel did not hold it then):
             // its old name may hold another object now.
@@ -142,7 +143,7 @@ impl Overlay {
             return self.with_space_retry(|| self.copy_up_orphan(node, data));
         }
         let r = {
-            let _g = self.tree.read();
+            let _g = self.tree.read_recursive();
             self.copy_up(node, data)
         };
         match r {

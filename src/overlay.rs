@@ -56,7 +56,15 @@ pub struct Overlay {
     /// WORKDIR/layerfs-index: copies of hard-linked lower files, by stable inode number.
     pub index: Option<Arc<OwnedFd>>,
     pub inodes: InodeTable,
-    /// Namespace lock: shared for lookups/reads, exclusive for namespace changes.
+    /// Namespace lock: shared for lookups/reads, exclusive for namespace changes. Every
+    /// request that finds a node's real object by its name (getattr, setattr, readlink,
+    /// xattrs, open) holds it shared from finding the name to the last syscall on it: a
+    /// rename or unlink moves the real objects before it updates the nodes, and in between
+    /// a name may already hold another object (a READLINK raced with a rename over a
+    /// symlink's name read the new file: EINVAL; a GETATTR answered another object's type
+    /// and the kernel marked the inode bad: EIO). Always taken with `read_recursive`: these
+    /// nest (setattr -> copy-up, kill_privs -> setattr), and a plain `read` behind a
+    /// waiting writer would deadlock.
     pub tree: RwLock<()>,
     pub cfg: Config,
     pub xattr_ns: XattrNs,
@@ -916,7 +924,7 @@ impl Overlay {
         name: &[u8],
         first_layer: usize,
     ) -> Result<(Arc<Node>, Attr)> {
-        let _g = self.tree.read();
+        let _g = self.tree.read_recursive();
         let p = self.node(parent)?;
         match self.resolve_from(&p, name, None, first_layer)? {
             Lookup::Found(f) => {
@@ -1179,6 +1187,7 @@ impl Overlay {
     }
 
     pub fn getattr(&self, id: u64) -> Result<Attr> {
+        let _g = self.tree.read_recursive(); // see `Overlay::tree`
         let node = self.node(id)?;
         if !node.s.lock().deleted {
             return self.attr_of(&node);

@@ -155,7 +155,7 @@ impl Overlay {
     /// Snapshot of a directory for one open directory stream: `.`, `..`, then the union in
     /// cookie order.
     pub fn dir_snapshot(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {
-        let _g = self.tree.read();
+        let _g = self.tree.read_recursive();
         let mut v = Vec::new();
         v.push(DirEntry {
             name: b".".to_vec(),
