@@ -7,7 +7,7 @@
 //! kernel does.
 
 use crate::error::{err, Error, Result};
-use crate::inode::Node;
+use crate::inode::{LowerFile, Node};
 use crate::overlay::{index_name, Overlay};
 use crate::sys::{self, Stat};
 use crate::whiteout;
@@ -296,23 +296,16 @@ impl Overlay {
                 .map_err(|e| e.context("link index copy into upper"))?;
             self.adjust_union_nlink(node, 0)?;
         } else {
-            let st = sys::fstatat(lower.dir.as_fd(), &lower.name)?;
-            let tmp = self.stage_copy(&work, &lower.dir, &lower.name, &st, node.st_ino, data)?;
-            let mut staged = Staged {
-                work: work.as_fd(),
-                name: tmp.clone(),
-                is_dir: false,
-                live: true,
-            };
-            sys::renameat2(
-                work.as_fd(),
-                &tmp,
+            self.copy_lower_to(
+                &work,
+                &lower,
+                node.st_ino,
+                data,
                 pup.as_fd(),
                 &name,
                 sys::RENAME_NOREPLACE,
             )
             .map_err(|e| e.context(format!("copy-up {}", crate::overlay::bstr(&name))))?;
-            staged.live = false;
         }
         let _ = sys::utimensat(
             pup.as_fd(),
@@ -345,19 +338,9 @@ impl Overlay {
                 .clone()
                 .ok_or_else(|| Error::from_errno(libc::EIO))?
         };
-        let work = self.work()?.clone();
-        let st = sys::fstatat(lower.dir.as_fd(), &lower.name)?;
-        let tmp = self.stage_copy(&work, &lower.dir, &lower.name, &st, node.st_ino, data)?;
-        let mut staged = Staged {
-            work: work.as_fd(),
-            name: tmp.clone(),
-            is_dir: false,
-            live: true,
-        };
         let (work, oname) = self.orphan_slot(node)?;
-        sys::renameat2(work.as_fd(), &tmp, work.as_fd(), &oname, 0)
+        self.copy_lower_to(&work, &lower, node.st_ino, data, work.as_fd(), &oname, 0)
             .map_err(|e| e.context("copy-up into an orphan"))?;
-        staged.live = false;
         // (the orphan first: meanwhile the node still reads the lower file)
         self.set_orphan(node, oname);
         node.s.lock().in_upper = true;
@@ -396,6 +379,33 @@ impl Overlay {
     }
 
     /// Build a complete copy of (sdir, sname) in the work dir; returns its staging name.
+    /// Copy lower file `lower` (of the object numbered `st_ino`) into the workdir `work`
+    /// (see [`Overlay::stage_copy`]), then rename the staged copy to `dst_name` in `dst`
+    /// with renameat2 `flags`; a failed rename removes the staged copy.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_lower_to(
+        &self,
+        work: &OwnedFd,
+        lower: &LowerFile,
+        st_ino: u64,
+        data: Data,
+        dst: BorrowedFd,
+        dst_name: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        let st = sys::fstatat(lower.dir.as_fd(), &lower.name)?;
+        let tmp = self.stage_copy(work, &lower.dir, &lower.name, &st, st_ino, data)?;
+        let mut staged = Staged {
+            work: work.as_fd(),
+            name: tmp.clone(),
+            is_dir: false,
+            live: true,
+        };
+        sys::renameat2(work.as_fd(), &tmp, dst, dst_name, flags)?;
+        staged.live = false;
+        Ok(())
+    }
+
     fn stage_copy(
         &self,
         work: &OwnedFd,
